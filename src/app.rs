@@ -1,0 +1,117 @@
+//! Builds the service from `Settings`: opens the store, settles the tokens,
+//! binds the listener (port 0 in tests) and runs until the shutdown token is
+//! cancelled, then drains requests and closes the database in bounded time.
+
+use crate::{
+    config::{Secret, Settings},
+    http::{self, AppState},
+    store::Store,
+};
+use anyhow::Context;
+use std::{net::SocketAddr, time::Duration};
+use tokio::{net::TcpListener, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
+
+pub struct Application {
+    listener: TcpListener,
+    router: axum::Router,
+    writer: JoinHandle<()>,
+    shutdown: CancellationToken,
+    shutdown_timeout: Duration,
+    ingest_token: Secret,
+    api_token: Secret,
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+        let (store, writer) = Store::open(&settings.database)
+            .await
+            .with_context(|| format!("cannot open the database at {}", settings.database.url))?;
+        let generated = store
+            .generated_tokens()
+            .await
+            .context("cannot read or store the generated tokens")?;
+        let ingest_token = settings
+            .ingest
+            .token
+            .clone()
+            .unwrap_or_else(|| Secret::new(generated.ingest));
+        let api_token = settings
+            .api
+            .token
+            .clone()
+            .unwrap_or_else(|| Secret::new(generated.api));
+        let listener = TcpListener::bind(&settings.server.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", settings.server.listen))?;
+        let state = AppState::new(http::Inner {
+            store,
+            ingest_token: ingest_token.clone(),
+            api_token: api_token.clone(),
+            max_body_bytes: settings.server.max_body_bytes,
+        });
+        Ok(Application {
+            listener,
+            router: http::router(state, settings.server.request_timeout),
+            writer,
+            shutdown: CancellationToken::new(),
+            shutdown_timeout: settings.server.shutdown_timeout,
+            ingest_token,
+            api_token,
+        })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    pub fn ingest_token(&self) -> &Secret {
+        &self.ingest_token
+    }
+
+    pub fn api_token(&self) -> &Secret {
+        &self.api_token
+    }
+
+    /// Cancel this token to stop the service.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Serves until the shutdown token is cancelled; then stops accepting,
+    /// lets requests in flight finish (within `server.shutdown_timeout`) and
+    /// waits for the writer to commit what it holds and close the database.
+    pub async fn run(self) -> anyhow::Result<()> {
+        let addr = self.local_addr();
+        tracing::info!(%addr, "tunehook is listening");
+        tracing::info!(
+            "register the webhook URL in the Segmind console: run `tunehook tokens` to print it"
+        );
+        let shutdown = self.shutdown.clone();
+        let serve = axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+            .into_future();
+        let mut serve = std::pin::pin!(serve);
+        tokio::select! {
+            result = &mut serve => result.context("the HTTP server failed")?,
+            () = shutdown.cancelled() => {
+                tracing::info!("shutting down: finishing requests in flight");
+                match tokio::time::timeout(self.shutdown_timeout, &mut serve).await {
+                    Ok(result) => result.context("the HTTP server failed")?,
+                    Err(_) => tracing::warn!("requests still in flight at the shutdown timeout were dropped"),
+                }
+            }
+        }
+        // Dropping the server released its handles on the store; the writer
+        // now commits what it holds and closes the database.
+        drop(serve);
+        match tokio::time::timeout(self.shutdown_timeout, self.writer).await {
+            Ok(_) => tracing::info!("database closed; stopped"),
+            Err(_) => tracing::warn!("the database writer did not stop in time"),
+        }
+        Ok(())
+    }
+}

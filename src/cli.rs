@@ -1,0 +1,217 @@
+//! The command line: `serve`, `migrate`, `check-config`, `tokens` and
+//! `send-test-event`. `main.rs` only parses and calls [`run`].
+
+use crate::{app::Application, config::Settings, store::Store, telemetry};
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use std::{path::PathBuf, process::ExitCode};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tunehook",
+    version,
+    about = "Receives Segmind fine-tune webhooks and keeps every job's state in SQLite.",
+    after_help = "Example:\n  tunehook serve\n  tunehook tokens"
+)]
+pub struct Cli {
+    /// Configuration file (default: config/tunehook.toml when it exists).
+    #[arg(long, global = true, env = "TUNEHOOK_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the service.
+    #[command(after_help = "Example:\n  TUNEHOOK_LISTEN=0.0.0.0:8080 tunehook serve")]
+    Serve,
+    /// Apply the database migrations and exit.
+    #[command(after_help = "Example:\n  tunehook migrate")]
+    Migrate,
+    /// Validate and print the effective configuration, secrets redacted.
+    #[command(after_help = "Example:\n  tunehook --config config/tunehook.toml check-config")]
+    CheckConfig,
+    /// Print the webhook path to register in the Segmind console, and the API token.
+    #[command(after_help = "Example:\n  tunehook tokens")]
+    Tokens,
+    /// POST a Segmind-shaped webhook to URL and print the response.
+    #[command(
+        after_help = "Example:\n  tunehook send-test-event http://127.0.0.1:8080/webhooks/segmind/TOKEN \\\n    --event AVAILABLE --finetune-id ft_123 --name my-model"
+    )]
+    SendTestEvent {
+        /// The full webhook URL, token included.
+        url: String,
+        /// The event (status) name, such as TRAINING_COMPLETED or AVAILABLE.
+        #[arg(long)]
+        event: String,
+        /// The job's id.
+        #[arg(long = "finetune-id")]
+        finetune_id: String,
+        /// The job's name.
+        #[arg(long)]
+        name: Option<String>,
+    },
+}
+
+pub async fn run(cli: Cli) -> ExitCode {
+    let settings = match Settings::load(cli.config.as_deref()) {
+        Ok(settings) => settings,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = match cli.command {
+        Command::Serve => serve(settings).await,
+        Command::Migrate => migrate(settings).await,
+        Command::CheckConfig => {
+            println!("# configuration is valid; effective settings (secrets redacted):");
+            print!("{}", settings.to_redacted_toml());
+            Ok(())
+        }
+        Command::Tokens => tokens(settings).await,
+        Command::SendTestEvent {
+            url,
+            event,
+            finetune_id,
+            name,
+        } => send_test_event(&url, &event, &finetune_id, name.as_deref()).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(settings: Settings) -> anyhow::Result<()> {
+    telemetry::init(&settings.log);
+    let app = Application::build(settings).await?;
+    let shutdown = app.shutdown_token();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        shutdown.cancel();
+    });
+    app.run().await
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}
+
+async fn migrate(settings: Settings) -> anyhow::Result<()> {
+    let count = Store::migrate_only(&settings.database)
+        .await
+        .with_context(|| format!("cannot migrate {}", settings.database.url))?;
+    println!("{count} migration(s) applied to {}", settings.database.url);
+    Ok(())
+}
+
+async fn tokens(settings: Settings) -> anyhow::Result<()> {
+    let (store, writer) = Store::open(&settings.database)
+        .await
+        .with_context(|| format!("cannot open the database at {}", settings.database.url))?;
+    let generated = store.generated_tokens().await?;
+    drop(store);
+    writer.await.context("the database writer failed")?;
+
+    let (ingest, ingest_origin) = match &settings.ingest.token {
+        Some(token) => (token.expose().to_owned(), "configured"),
+        None => (generated.ingest, "generated"),
+    };
+    let (api, api_origin) = match &settings.api.token {
+        Some(token) => (token.expose().to_owned(), "configured"),
+        None => (generated.api, "generated"),
+    };
+    let path = format!("/webhooks/segmind/{ingest}");
+    println!("Webhook URL to register in the Segmind console ({ingest_origin} token):");
+    println!("  {}{path}", base_url(&settings));
+    println!("Webhook path: {path}");
+    println!("API token ({api_origin}), sent as `Authorization: Bearer <token>`:");
+    println!("  {api}");
+    Ok(())
+}
+
+/// Where users reach the service: `server.public_url` when set, else the
+/// listen address (with a placeholder host when it listens on all).
+fn base_url(settings: &Settings) -> String {
+    if !settings.server.public_url.is_empty() {
+        return settings.server.public_url.trim_end_matches('/').to_owned();
+    }
+    match settings.server.listen.parse::<std::net::SocketAddr>() {
+        Ok(addr) if addr.ip().is_unspecified() => format!("http://<your-host>:{}", addr.port()),
+        _ => format!("http://{}", settings.server.listen),
+    }
+}
+
+async fn send_test_event(
+    url: &str,
+    event: &str,
+    finetune_id: &str,
+    name: Option<&str>,
+) -> anyhow::Result<()> {
+    let mut body = serde_json::json!({
+        "event": event,
+        "finetune_id": finetune_id,
+        "status": event,
+        "timestamp": crate::time::now_rfc3339(),
+    });
+    if let Some(name) = name {
+        body["name"] = name.into();
+    }
+    let client = reqwest::Client::builder()
+        .user_agent(concat!(
+            "tunehook/",
+            env!("CARGO_PKG_VERSION"),
+            " send-test-event"
+        ))
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .timeout(std::time::Duration::from_secs(30))
+        .build()?;
+    let response = client
+        .post(url)
+        .json(&body)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach {}", redact_url(url)))?;
+    let status = response.status();
+    let text = response.text().await.unwrap_or_default();
+    println!("HTTP {status}");
+    println!("{text}");
+    anyhow::ensure!(
+        status.is_success(),
+        "the webhook was not accepted ({status})"
+    );
+    Ok(())
+}
+
+/// The URL without its last path segment, which is the ingest token.
+fn redact_url(url: &str) -> String {
+    match url.rsplit_once('/') {
+        Some((head, _)) => format!("{head}/[token]"),
+        None => url.to_owned(),
+    }
+}

@@ -1,0 +1,374 @@
+//! Settings, in layers: built-in defaults, then the TOML file, then the
+//! environment. Unknown keys are an error that names them. Secrets are held in
+//! [`Secret`], which never prints its value.
+
+use figment::{
+    Figment,
+    providers::{Env, Format, Serialized, Toml},
+};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::{
+    fmt,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+/// The file read when neither `--config` nor `TUNEHOOK_CONFIG` names one.
+pub const DEFAULT_CONFIG_FILE: &str = "config/tunehook.toml";
+
+/// Environment variables with names of their own, and the key each sets.
+pub const NAMED_ENV_VARS: [(&str, &str); 8] = [
+    ("TUNEHOOK_LISTEN", "server.listen"),
+    ("TUNEHOOK_DATABASE_URL", "database.url"),
+    ("TUNEHOOK_INGEST_TOKEN", "ingest.token"),
+    ("TUNEHOOK_API_TOKEN", "api.token"),
+    ("SEGMIND_API_KEY", "segmind.api_key"),
+    ("SEGMIND_BASE_URL", "segmind.base_url"),
+    ("TUNEHOOK_LOG", "log.filter"),
+    ("TUNEHOOK_LOG_FORMAT", "log.format"),
+];
+
+/// Prefix for every other key: `TUNEHOOK__SERVER__MAX_BODY_BYTES` sets
+/// `server.max_body_bytes`.
+pub const ENV_PREFIX: &str = "TUNEHOOK__";
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub database: DatabaseSettings,
+    pub ingest: TokenSettings,
+    pub api: TokenSettings,
+    pub segmind: SegmindSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSettings {
+    pub listen: String,
+    /// Where users reach this service, used only to print the full webhook
+    /// URL (`tunehook tokens`); empty means "derive it from `listen`".
+    pub public_url: String,
+    pub max_body_bytes: usize,
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        ServerSettings {
+            listen: "127.0.0.1:8080".into(),
+            public_url: String::new(),
+            max_body_bytes: 1024 * 1024,
+            request_timeout: Duration::from_secs(30),
+            shutdown_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Synchronous {
+    /// Every commit reaches the disk before it is acknowledged.
+    Full,
+    /// Faster; a power loss may drop the last commits (never corrupts).
+    Normal,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseSettings {
+    pub url: String,
+    pub synchronous: Synchronous,
+    /// Most write requests committed together in one transaction.
+    pub max_batch: usize,
+    /// Connections serving reads (queries, health); writes have their own.
+    pub read_connections: u32,
+    #[serde(with = "humantime_serde")]
+    pub busy_timeout: Duration,
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        DatabaseSettings {
+            url: "sqlite://data/tunehook.db".into(),
+            synchronous: Synchronous::Full,
+            max_batch: 512,
+            read_connections: 4,
+            busy_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TokenSettings {
+    /// When unset, a random token is generated on first start and kept in
+    /// the database.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<Secret>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SegmindSettings {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_key: Option<Secret>,
+    pub base_url: String,
+}
+
+impl Default for SegmindSettings {
+    fn default() -> Self {
+        SegmindSettings {
+            api_key: None,
+            base_url: "https://api.segmind.com".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    /// A tracing filter, like `RUST_LOG`: `info`, `tunehook=debug,info`.
+    pub filter: String,
+    pub format: LogFormat,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        LogSettings {
+            filter: "info".into(),
+            format: LogFormat::Pretty,
+        }
+    }
+}
+
+/// A secret value: its `Debug`, `Display` and `Serialize` never show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    /// The value itself, for the few places that must use it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str("[redacted]")
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Secret, D::Error> {
+        // Environment values that look like numbers arrive as numbers.
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Text(String),
+            Int(i128),
+            Float(f64),
+        }
+        Ok(Secret(match Raw::deserialize(deserializer)? {
+            Raw::Text(s) => s,
+            Raw::Int(i) => i.to_string(),
+            Raw::Float(f) => f.to_string(),
+        }))
+    }
+}
+
+/// A configuration that cannot be used, with a message that says why.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration file {0} does not exist")]
+    MissingFile(PathBuf),
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Settings {
+    /// Loads the settings: defaults, then `file` (or `config/tunehook.toml`
+    /// when it exists), then the environment.
+    pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
+        let file = match file {
+            Some(path) if !path.exists() => return Err(ConfigError::MissingFile(path.into())),
+            Some(path) => Some(path.to_path_buf()),
+            None => Some(PathBuf::from(DEFAULT_CONFIG_FILE)).filter(|p| p.exists()),
+        };
+        let mut figment = Figment::from(Serialized::defaults(Settings::default()));
+        if let Some(file) = &file {
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        let named = Env::raw()
+            .only(&NAMED_ENV_VARS.map(|(var, _)| var))
+            .map(|var| {
+                NAMED_ENV_VARS
+                    .iter()
+                    .find(|(name, _)| var.as_str().eq_ignore_ascii_case(name))
+                    .map(|(_, key)| (*key).into())
+                    .unwrap_or_else(|| var.into())
+            });
+        figment = figment
+            .merge(named)
+            .merge(Env::prefixed(ENV_PREFIX).split("__"));
+        let settings: Settings = figment
+            .extract()
+            .map_err(|e| ConfigError::Invalid(describe_figment_error(e)))?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks what types alone cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |msg: String| Err(ConfigError::Invalid(msg));
+        if self.server.listen.parse::<SocketAddr>().is_err() {
+            return invalid(format!(
+                "server.listen: `{}` is not an address like 127.0.0.1:8080",
+                self.server.listen
+            ));
+        }
+        if self.server.max_body_bytes == 0 {
+            return invalid("server.max_body_bytes must be greater than 0".into());
+        }
+        if !self.database.url.starts_with("sqlite:") {
+            return invalid(format!(
+                "database.url: `{}` is not a sqlite: URL (for example sqlite://data/tunehook.db)",
+                self.database.url
+            ));
+        }
+        if self.database.max_batch == 0 || self.database.read_connections == 0 {
+            return invalid(
+                "database.max_batch and database.read_connections must be greater than 0".into(),
+            );
+        }
+        for (key, token) in [
+            ("ingest.token", &self.ingest.token),
+            ("api.token", &self.api.token),
+        ] {
+            if let Some(token) = token {
+                let ok = !token.expose().is_empty()
+                    && token
+                        .expose()
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b));
+                if !ok {
+                    return invalid(format!(
+                        "{key} must be non-empty and use only letters, digits, `-`, `.`, `_` or `~`"
+                    ));
+                }
+            }
+        }
+        if !(self.segmind.base_url.starts_with("http://")
+            || self.segmind.base_url.starts_with("https://"))
+        {
+            return invalid(format!(
+                "segmind.base_url: `{}` is not an http(s) URL",
+                self.segmind.base_url
+            ));
+        }
+        Ok(())
+    }
+
+    /// The settings as TOML, secrets shown as `[redacted]`.
+    pub fn to_redacted_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render settings: {e}"))
+    }
+}
+
+/// Figment's messages name the key and the file; keep them, but never echo a
+/// value that could be a secret.
+fn describe_figment_error(error: figment::Error) -> String {
+    error
+        .into_iter()
+        .map(|e| {
+            let key = e.path.join(".");
+            let place = e
+                .metadata
+                .as_ref()
+                .and_then(|m| m.source.as_ref())
+                .map(|s| format!(" (in {s})"))
+                .unwrap_or_default();
+            let what = match &e.kind {
+                figment::error::Kind::UnknownField(field, _) => {
+                    let full = if key.is_empty() {
+                        field.clone()
+                    } else {
+                        format!("{key}.{field}")
+                    };
+                    return format!("unknown key `{full}`{place}");
+                }
+                figment::error::Kind::InvalidType(actual, expected) => {
+                    format!("expected {expected}, found {}", actual_kind(actual))
+                }
+                figment::error::Kind::InvalidValue(_, expected) => format!("expected {expected}"),
+                figment::error::Kind::UnknownVariant(_, expected) => {
+                    format!("expected one of {}", expected.join(", "))
+                }
+                other => other.to_string(),
+            };
+            if key.is_empty() {
+                format!("{what}{place}")
+            } else {
+                format!("{key}: {what}{place}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn actual_kind(actual: &figment::error::Actual) -> &'static str {
+    use figment::error::Actual;
+    match actual {
+        Actual::Bool(_) => "a boolean",
+        Actual::Unsigned(_) | Actual::Signed(_) | Actual::Float(_) => "a number",
+        Actual::Char(_) | Actual::Str(_) => "a string",
+        Actual::Map => "a table",
+        Actual::Seq => "a list",
+        _ => "another type",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_never_print() {
+        let s = Settings {
+            api: TokenSettings {
+                token: Some(Secret::new("hunter2-very-secret")),
+            },
+            ..Settings::default()
+        };
+        assert!(!format!("{s:?}").contains("hunter2"));
+        assert!(!s.to_redacted_toml().contains("hunter2"));
+        assert!(s.to_redacted_toml().contains("[redacted]"));
+    }
+
+    #[test]
+    fn the_defaults_are_valid() {
+        Settings::default().validate().expect("defaults are valid");
+    }
+}

@@ -1,0 +1,11 @@
+//! Pure domain logic: what a status is and how it ranks, which observation of
+//! a job wins, and how an undocumented webhook body is read. Nothing in here
+//! does I/O, so every rule is unit-tested directly.
+
+pub mod payload;
+pub mod rules;
+pub mod status;
+
+pub use payload::{JobFields, Payload, PayloadError};
+pub use rules::{Decision, Source, decide};
+pub use status::Status;

@@ -1,0 +1,81 @@
+//! `GET /v1/jobs` and `GET /v1/jobs/{finetune_id}`.
+
+use super::{
+    AppState,
+    error::ApiError,
+    params::{self, ApiQuery},
+};
+use crate::{
+    domain::Status,
+    store::{JobFilter, JobRow, TransitionRow},
+};
+use axum::{
+    Json,
+    extract::{Path, State},
+};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Deserialize)]
+pub struct ListParams {
+    status: Option<String>,
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct JobList {
+    jobs: Vec<JobRow>,
+    next_cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct JobDetail {
+    #[serde(flatten)]
+    job: JobRow,
+    transitions: Vec<TransitionRow>,
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<ListParams>,
+) -> Result<Json<JobList>, ApiError> {
+    let status = match query.status.as_deref().filter(|s| !s.is_empty()) {
+        None => None,
+        Some(raw) => Some(
+            Status::parse(raw)
+                .ok_or_else(|| {
+                    ApiError::bad_request("invalid_parameter", "`status` is not a status name")
+                })?
+                .as_str()
+                .to_owned(),
+        ),
+    };
+    let filter = JobFilter {
+        status,
+        limit: params::limit(query.limit.as_deref())?,
+        after: query
+            .cursor
+            .as_deref()
+            .map(params::decode_job_cursor)
+            .transpose()?,
+    };
+    let page = state.store.jobs(&filter).await?;
+    Ok(Json(JobList {
+        jobs: page.jobs,
+        next_cursor: page
+            .next
+            .map(|(at, id)| params::encode_job_cursor(&at, &id)),
+    }))
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    Path(finetune_id): Path<String>,
+) -> Result<Json<JobDetail>, ApiError> {
+    let job =
+        state.store.job(&finetune_id).await?.ok_or_else(|| {
+            ApiError::NotFound(format!("no job with finetune_id `{finetune_id}`"))
+        })?;
+    let transitions = state.store.transitions(&finetune_id).await?;
+    Ok(Json(JobDetail { job, transitions }))
+}

@@ -1,0 +1,98 @@
+//! `GET /v1/receipts`: the webhook requests as they were received.
+
+use super::{
+    AppState,
+    error::ApiError,
+    params::{self, ApiQuery},
+};
+use crate::store::{Outcome, ReceiptFilter, ReceiptRow};
+use axum::{Json, extract::State};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+#[derive(Debug, Deserialize)]
+pub struct ListParams {
+    outcome: Option<String>,
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Receipt {
+    id: i64,
+    received_at: String,
+    outcome: String,
+    finetune_id: Option<String>,
+    status: Option<String>,
+    event_id: Option<String>,
+    error: Option<String>,
+    body_sha256: String,
+    headers: Value,
+    /// The body as JSON when it parses, else as (lossy UTF-8) text.
+    body: Value,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ReceiptList {
+    receipts: Vec<Receipt>,
+    next_cursor: Option<String>,
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<ListParams>,
+) -> Result<Json<ReceiptList>, ApiError> {
+    let outcome = match query.outcome.as_deref().filter(|s| !s.is_empty()) {
+        None => None,
+        Some(raw) => Some(
+            Outcome::parse(raw)
+                .ok_or_else(|| {
+                    let known: Vec<_> = Outcome::ALL.iter().map(|o| o.as_str()).collect();
+                    ApiError::bad_request(
+                        "invalid_parameter",
+                        format!("`outcome` must be one of {}", known.join(", ")),
+                    )
+                })?
+                .as_str()
+                .to_owned(),
+        ),
+    };
+    let before_id = match query.cursor.as_deref() {
+        None => None,
+        Some(raw) => Some(raw.parse::<i64>().map_err(|_| {
+            ApiError::bad_request(
+                "invalid_parameter",
+                "`cursor` is not a cursor this API returned",
+            )
+        })?),
+    };
+    let filter = ReceiptFilter {
+        outcome,
+        limit: params::limit(query.limit.as_deref())?,
+        before_id,
+    };
+    let (rows, next) = state.store.receipts(&filter).await?;
+    Ok(Json(ReceiptList {
+        receipts: rows.into_iter().map(Receipt::from).collect(),
+        next_cursor: next.map(|id| id.to_string()),
+    }))
+}
+
+impl From<ReceiptRow> for Receipt {
+    fn from(row: ReceiptRow) -> Receipt {
+        let body = serde_json::from_slice(&row.body)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&row.body).into_owned()));
+        Receipt {
+            id: row.id,
+            received_at: row.received_at,
+            outcome: row.outcome,
+            finetune_id: row.finetune_id,
+            status: row.status,
+            event_id: row.event_id,
+            error: row.error,
+            body_sha256: row.body_sha256,
+            headers: serde_json::from_str(&row.headers).unwrap_or(Value::Null),
+            body,
+        }
+    }
+}

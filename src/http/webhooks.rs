@@ -1,0 +1,127 @@
+//! `POST /webhooks/segmind/{token}`: where Segmind's webhooks arrive.
+//!
+//! The token in the path is the credential (Segmind's console takes only a
+//! URL). With the right token, every request is stored as a receipt, in the
+//! same transaction as the job change it causes, before it is answered: a
+//! 2xx means it is on disk; when the database cannot take it, 503.
+
+use super::{AppState, auth::token_matches, error::ApiError};
+use crate::{
+    domain::Payload,
+    store::{IngestRequest, Outcome},
+    time::now_rfc3339,
+};
+use axum::{
+    Json,
+    body::Body,
+    extract::{Path, State},
+    http::{HeaderMap, header},
+};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+/// Request headers kept with each receipt; everything else is dropped.
+const KEPT_HEADERS: [&str; 6] = [
+    "content-type",
+    "content-length",
+    "user-agent",
+    "x-request-id",
+    "x-forwarded-for",
+    "x-real-ip",
+];
+
+#[derive(Debug, Serialize)]
+pub struct ReceiptResponse {
+    pub receipt_id: i64,
+    pub outcome: Outcome,
+    pub finetune_id: Option<String>,
+    pub status: Option<String>,
+}
+
+pub async fn receive(
+    State(state): State<AppState>,
+    Path(token): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<ReceiptResponse>, ApiError> {
+    if !token_matches(&token, state.ingest_token.expose()) {
+        tracing::warn!("webhook with a wrong token; nothing stored");
+        return Err(ApiError::Unauthorized);
+    }
+    let body = read_body(&headers, body, state.max_body_bytes).await?;
+    let payload = Payload::parse(&body).map_err(|e| e.to_string());
+    let invalid = payload.as_ref().err().cloned();
+    let request = IngestRequest {
+        received_at: now_rfc3339(),
+        body_sha256: hex::encode(Sha256::digest(&body)),
+        headers: kept_headers(&headers),
+        payload,
+        body: body.to_vec(),
+    };
+    let result = state.store.ingest(request).await?;
+    tracing::info!(
+        receipt_id = result.receipt_id,
+        finetune_id = result.finetune_id.as_deref().unwrap_or("-"),
+        status = result.status.as_deref().unwrap_or("-"),
+        previous_status = result.previous_status.as_deref().unwrap_or("-"),
+        outcome = result.outcome.as_str(),
+        "webhook stored"
+    );
+    if let Some(reason) = invalid {
+        return Err(ApiError::bad_request(
+            "invalid_payload",
+            format!("{reason} (stored as receipt {})", result.receipt_id),
+        ));
+    }
+    Ok(Json(ReceiptResponse {
+        receipt_id: result.receipt_id,
+        outcome: result.outcome,
+        finetune_id: result.finetune_id,
+        status: result.status,
+    }))
+}
+
+/// Reads the whole body, refusing more than `limit` bytes (early when the
+/// client announces its length).
+async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<axum::body::Bytes, ApiError> {
+    let announced = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::PayloadTooLarge { limit });
+    }
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        if is_length_limit(&e) {
+            ApiError::PayloadTooLarge { limit }
+        } else {
+            ApiError::bad_request("unreadable_body", "the request body could not be read")
+        }
+    })
+}
+
+fn is_length_limit(error: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if e.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
+fn kept_headers(headers: &HeaderMap) -> String {
+    let kept: serde_json::Map<String, serde_json::Value> = KEPT_HEADERS
+        .iter()
+        .filter_map(|name| {
+            let value = headers.get(*name)?.to_str().ok()?;
+            Some(((*name).to_owned(), value.into()))
+        })
+        .collect();
+    serde_json::Value::Object(kept).to_string()
+}

@@ -1,0 +1,129 @@
+//! Storage: the only place SQL lives.
+//!
+//! SQLite allows one writer at a time, so every write goes through one task
+//! (`writer`) that commits whatever requests are waiting as one transaction
+//! (group commit) and answers each request only after that commit is on disk.
+//! Reads use a separate pool of read-only connections, which WAL mode lets
+//! run alongside the writer.
+
+mod ingest;
+mod jobs;
+mod models;
+mod queries;
+mod tokens;
+mod writer;
+
+pub use ingest::{IngestRequest, IngestResult, Outcome};
+pub use models::{JobRow, JobsPage, ReceiptRow, TransitionRow};
+pub use queries::{JobFilter, ReceiptFilter};
+pub use tokens::Tokens;
+
+use crate::config::{DatabaseSettings, Synchronous};
+use sqlx::{
+    ConnectOptions, Connection,
+    migrate::Migrator,
+    sqlite::{
+        SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+    },
+};
+use std::{path::Path, str::FromStr};
+use tokio::task::JoinHandle;
+use writer::WriterHandle;
+
+/// The migrations, embedded in the binary.
+pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not take the write or the read (disk full,
+    /// read-only file, locked too long, shutting down). Callers answer 503.
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    #[error(transparent)]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+/// A handle to the database: cheap to clone, shared by every request.
+#[derive(Clone)]
+pub struct Store {
+    writer: WriterHandle,
+    reads: SqlitePool,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database, applies the migrations and
+    /// starts the writer task. The task ends once every `Store` clone is
+    /// dropped, after committing what it holds; await the handle to know the
+    /// database is closed.
+    pub async fn open(settings: &DatabaseSettings) -> Result<(Store, JoinHandle<()>), StoreError> {
+        let options = connect_options(settings)?;
+        create_parent_dir(options.get_filename())?;
+        let mut conn = options.connect().await?;
+        MIGRATOR.run(&mut conn).await?;
+        let reads = SqlitePoolOptions::new()
+            .max_connections(settings.read_connections)
+            .min_connections(1)
+            .connect_with(options.clone().read_only(true))
+            .await?;
+        let (writer, task) = writer::spawn(conn, settings.max_batch);
+        Ok((Store { writer, reads }, task))
+    }
+
+    /// Applies the migrations and returns; used by `tunehook migrate`.
+    pub async fn migrate_only(settings: &DatabaseSettings) -> Result<usize, StoreError> {
+        let options = connect_options(settings)?;
+        create_parent_dir(options.get_filename())?;
+        let mut conn = options.connect().await?;
+        MIGRATOR.run(&mut conn).await?;
+        conn.close().await?;
+        Ok(MIGRATOR.iter().count())
+    }
+
+    /// Stores one webhook request and applies it to its job, durably.
+    pub async fn ingest(&self, request: IngestRequest) -> Result<IngestResult, StoreError> {
+        self.writer.ingest(request).await
+    }
+
+    /// The ingest and API tokens kept in the database, generating each one
+    /// that is missing. Configured tokens are not stored: they win over these.
+    pub async fn generated_tokens(&self) -> Result<Tokens, StoreError> {
+        self.writer.tokens().await
+    }
+
+    /// True when the database answers and every migration is applied.
+    pub async fn ready(&self) -> bool {
+        if self.writer.is_closed() {
+            return false;
+        }
+        let applied: Result<i64, _> =
+            sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations WHERE success = 1")
+                .fetch_one(&self.reads)
+                .await;
+        matches!(applied, Ok(n) if n as usize >= MIGRATOR.iter().count())
+    }
+}
+
+fn connect_options(settings: &DatabaseSettings) -> Result<SqliteConnectOptions, StoreError> {
+    let synchronous = match settings.synchronous {
+        Synchronous::Full => SqliteSynchronous::Full,
+        Synchronous::Normal => SqliteSynchronous::Normal,
+    };
+    Ok(SqliteConnectOptions::from_str(&settings.url)?
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(synchronous)
+        .foreign_keys(true)
+        .busy_timeout(settings.busy_timeout)
+        .disable_statement_logging())
+}
+
+fn create_parent_dir(file: &Path) -> Result<(), StoreError> {
+    match file.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() && !dir.exists() => std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))),
+        _ => Ok(()),
+    }
+}

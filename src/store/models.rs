@@ -1,0 +1,53 @@
+//! Rows as the API shows them. Timestamps are stored and returned as
+//! RFC 3339 UTC text.
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct JobRow {
+    pub finetune_id: String,
+    pub name: Option<String>,
+    pub status: String,
+    pub base_model: Option<String>,
+    pub slug: Option<String>,
+    pub trained_model_url: Option<String>,
+    pub inference_api_url: Option<String>,
+    pub cloud_storage_url: Option<String>,
+    pub error_message: Option<String>,
+    pub created_ts: Option<String>,
+    pub updated_ts: Option<String>,
+    pub first_seen_at: String,
+    pub updated_at: String,
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct TransitionRow {
+    pub id: String,
+    pub from_status: Option<String>,
+    pub to_status: String,
+    pub source: String,
+    pub observed_at: String,
+    pub receipt_id: Option<i64>,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ReceiptRow {
+    pub id: i64,
+    pub received_at: String,
+    pub body: Vec<u8>,
+    pub body_sha256: String,
+    pub headers: String,
+    pub outcome: String,
+    pub finetune_id: Option<String>,
+    pub status: Option<String>,
+    pub event_id: Option<String>,
+    pub error: Option<String>,
+}
+
+/// One page of jobs and where the next one starts.
+#[derive(Debug, Clone)]
+pub struct JobsPage {
+    pub jobs: Vec<JobRow>,
+    /// `(updated_at, finetune_id)` of the last job, when more follow.
+    pub next: Option<(String, String)>,
+}

@@ -1,0 +1,101 @@
+//! Reads for the API, on the read-only pool.
+
+use super::{JobRow, JobsPage, ReceiptRow, Store, StoreError, TransitionRow};
+use sqlx::{QueryBuilder, Sqlite};
+
+const JOB_COLUMNS: &str = "finetune_id, name, status, base_model, slug, trained_model_url,
+    inference_api_url, cloud_storage_url, error_message, created_ts, updated_ts,
+    first_seen_at, updated_at";
+
+/// Which jobs to list: most recently updated first, after `after`.
+#[derive(Debug, Clone, Default)]
+pub struct JobFilter {
+    pub status: Option<String>,
+    pub limit: u32,
+    /// `(updated_at, finetune_id)` of the last job of the previous page.
+    pub after: Option<(String, String)>,
+}
+
+/// Which receipts to list: newest first, older than `before_id`.
+#[derive(Debug, Clone, Default)]
+pub struct ReceiptFilter {
+    pub outcome: Option<String>,
+    pub limit: u32,
+    pub before_id: Option<i64>,
+}
+
+impl Store {
+    pub async fn job(&self, finetune_id: &str) -> Result<Option<JobRow>, StoreError> {
+        let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE finetune_id = ?");
+        Ok(sqlx::query_as(&sql)
+            .bind(finetune_id)
+            .fetch_optional(&self.reads)
+            .await?)
+    }
+
+    /// A job's transitions, oldest first.
+    pub async fn transitions(&self, finetune_id: &str) -> Result<Vec<TransitionRow>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT event_id AS id, from_status, to_status, source, observed_at, receipt_id
+             FROM transitions WHERE finetune_id = ? ORDER BY id",
+        )
+        .bind(finetune_id)
+        .fetch_all(&self.reads)
+        .await?)
+    }
+
+    pub async fn jobs(&self, filter: &JobFilter) -> Result<JobsPage, StoreError> {
+        let mut query: QueryBuilder<Sqlite> =
+            QueryBuilder::new(format!("SELECT {JOB_COLUMNS} FROM jobs WHERE 1 = 1"));
+        if let Some(status) = &filter.status {
+            query.push(" AND status = ").push_bind(status);
+        }
+        if let Some((updated_at, finetune_id)) = &filter.after {
+            query
+                .push(" AND (updated_at, finetune_id) < (")
+                .push_bind(updated_at)
+                .push(", ")
+                .push_bind(finetune_id)
+                .push(")");
+        }
+        query
+            .push(" ORDER BY updated_at DESC, finetune_id DESC LIMIT ")
+            .push_bind(i64::from(filter.limit) + 1);
+        let mut jobs: Vec<JobRow> = query.build_query_as().fetch_all(&self.reads).await?;
+        let next = if jobs.len() > filter.limit as usize {
+            jobs.truncate(filter.limit as usize);
+            jobs.last()
+                .map(|j| (j.updated_at.clone(), j.finetune_id.clone()))
+        } else {
+            None
+        };
+        Ok(JobsPage { jobs, next })
+    }
+
+    pub async fn receipts(
+        &self,
+        filter: &ReceiptFilter,
+    ) -> Result<(Vec<ReceiptRow>, Option<i64>), StoreError> {
+        let mut query: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "SELECT id, received_at, body, body_sha256, headers, outcome, finetune_id, status, event_id, error
+             FROM receipts WHERE 1 = 1",
+        );
+        if let Some(outcome) = &filter.outcome {
+            query.push(" AND outcome = ").push_bind(outcome);
+        }
+        if let Some(before) = filter.before_id {
+            query.push(" AND id < ").push_bind(before);
+        }
+        query
+            .push(" ORDER BY id DESC LIMIT ")
+            .push_bind(i64::from(filter.limit) + 1);
+        let mut receipts: Vec<ReceiptRow> = query.build_query_as().fetch_all(&self.reads).await?;
+        let next = if receipts.len() > filter.limit as usize {
+            receipts.truncate(filter.limit as usize);
+            receipts.last().map(|r| r.id)
+        } else {
+            None
+        };
+        Ok((receipts, next))
+    }
+}
