@@ -94,7 +94,7 @@ impl Application {
         let serve = axum::serve(self.listener, self.router)
             .with_graceful_shutdown(shutdown.clone().cancelled_owned())
             .into_future();
-        let mut serve = std::pin::pin!(serve);
+        let mut serve = Box::pin(serve);
         tokio::select! {
             result = &mut serve => result.context("the HTTP server failed")?,
             () = shutdown.cancelled() => {

@@ -69,6 +69,16 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::CheckConfig => {
             println!("# configuration is valid; effective settings (secrets redacted):");
             print!("{}", settings.to_redacted_toml());
+            for (key, value) in [
+                ("ingest.token", &settings.ingest.token),
+                ("api.token", &settings.api.token),
+            ] {
+                if value.is_none() {
+                    println!(
+                        "# {key} is not set: the token generated on first start is used (`tunehook tokens`)"
+                    );
+                }
+            }
             Ok(())
         }
         Command::Tokens => tokens(settings).await,

@@ -312,7 +312,10 @@ fn describe_figment_error(error: figment::Error) -> String {
                 .unwrap_or_default();
             let what = match &e.kind {
                 figment::error::Kind::UnknownField(field, _) => {
-                    let full = if key.is_empty() {
+                    // Figment's path already ends with the unknown field.
+                    let full = if e.path.last() == Some(field) {
+                        key
+                    } else if key.is_empty() {
                         field.clone()
                     } else {
                         format!("{key}.{field}")

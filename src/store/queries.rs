@@ -37,7 +37,7 @@ impl Store {
     pub async fn transitions(&self, finetune_id: &str) -> Result<Vec<TransitionRow>, StoreError> {
         Ok(sqlx::query_as(
             "SELECT event_id AS id, from_status, to_status, source, observed_at, receipt_id
-             FROM transitions WHERE finetune_id = ? ORDER BY id",
+             FROM transitions WHERE finetune_id = ? ORDER BY transitions.id",
         )
         .bind(finetune_id)
         .fetch_all(&self.reads)

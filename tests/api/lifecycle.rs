@@ -1,0 +1,98 @@
+//! Health, readiness, unknown routes, and what survives a restart.
+
+use crate::helpers::{spawn_app, transition_statuses};
+use reqwest::StatusCode;
+use serde_json::json;
+
+#[tokio::test]
+async fn health_and_readiness_answer_without_a_token() {
+    let app = spawn_app().await;
+    for path in ["/healthz", "/readyz"] {
+        let response = app.client.get(app.url(path)).send().await.expect("sent");
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+    }
+}
+
+#[tokio::test]
+async fn every_response_carries_a_request_id_and_echoes_a_given_one() {
+    let app = spawn_app().await;
+    let response = app
+        .client
+        .get(app.url("/healthz"))
+        .send()
+        .await
+        .expect("sent");
+    assert!(response.headers().contains_key("x-request-id"));
+    let response = app
+        .client
+        .get(app.url("/healthz"))
+        .header("x-request-id", "req-123")
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.headers()["x-request-id"], "req-123");
+}
+
+#[tokio::test]
+async fn unknown_routes_and_methods_answer_in_the_error_shape() {
+    let app = spawn_app().await;
+    let response = app
+        .client
+        .get(app.url("/nowhere"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    let body: serde_json::Value = response.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "not_found");
+    let response = app
+        .client
+        .get(app.webhook_url())
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+    let body: serde_json::Value = response.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "method_not_allowed");
+}
+
+#[tokio::test]
+async fn a_restart_keeps_jobs_receipts_and_generated_tokens() {
+    let app = spawn_app().await;
+    app.post(json!({"event": "TRAINING_COMPLETED", "finetune_id": "keep"}))
+        .await;
+    app.post(json!({"event": "AVAILABLE", "finetune_id": "keep"}))
+        .await;
+    let (ingest, api) = (app.ingest_token.clone(), app.api_token.clone());
+    assert!(ingest.len() >= 22 && api.len() >= 22, "at least 128 bits");
+    assert_ne!(ingest, api);
+
+    let app = app.restart().await;
+    assert_eq!(app.ingest_token, ingest);
+    assert_eq!(app.api_token, api);
+    let job = app.job("keep").await;
+    assert_eq!(job["status"], "AVAILABLE");
+    assert_eq!(
+        transition_statuses(&job),
+        vec!["TRAINING_COMPLETED", "AVAILABLE"]
+    );
+    assert_eq!(app.receipts().await.len(), 2);
+    let (_, body) = app
+        .post(json!({"event": "AVAILABLE", "finetune_id": "keep"}))
+        .await;
+    assert_eq!(
+        body["outcome"], "duplicate",
+        "state rules see the stored job"
+    );
+}
+
+#[tokio::test]
+async fn the_database_is_in_wal_mode_on_disk() {
+    let app = spawn_app().await;
+    app.post(json!({"event": "QUEUED", "finetune_id": "w"}))
+        .await;
+    let dir = app.stop().await;
+    let header = std::fs::read(dir.path().join("tunehook.db")).expect("the database file");
+    // Bytes 18 and 19 of the SQLite header are 2 in WAL mode.
+    assert_eq!((header[18], header[19]), (2, 2));
+}

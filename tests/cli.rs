@@ -1,0 +1,338 @@
+//! The `tunehook` binary as a user runs it: configuration layers and errors,
+//! and `serve` + `tokens` + `send-test-event` end to end.
+
+use serde_json::Value;
+use std::{
+    io::{BufRead, BufReader},
+    path::Path,
+    process::{Child, Command, Output, Stdio},
+    sync::{Arc, Mutex, mpsc},
+    time::{Duration, Instant},
+};
+
+/// The binary, run in `dir` with a clean environment.
+fn tunehook(dir: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tunehook"));
+    command
+        .current_dir(dir)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default());
+    command
+}
+
+fn run(command: &mut Command) -> (bool, String, String) {
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = command.output().expect("the binary runs");
+    (
+        status.success(),
+        String::from_utf8_lossy(&stdout).into_owned(),
+        String::from_utf8_lossy(&stderr).into_owned(),
+    )
+}
+
+fn shipped_config() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("config/tunehook.toml")
+}
+
+#[test]
+fn check_config_applies_environment_variables_and_redacts_secrets() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (ok, out, err) = run(tunehook(dir.path())
+        .arg("check-config")
+        .env("TUNEHOOK_LISTEN", "0.0.0.0:9000")
+        .env("TUNEHOOK_DATABASE_URL", "sqlite:///data/tunehook.db")
+        .env("TUNEHOOK_API_TOKEN", "api-secret-value-1234")
+        .env("TUNEHOOK_INGEST_TOKEN", "ingest-secret-value-1234")
+        .env("SEGMIND_API_KEY", "SG_segmind_secret_key")
+        .env("SEGMIND_BASE_URL", "http://127.0.0.1:9999")
+        .env("TUNEHOOK_LOG", "debug")
+        .env("TUNEHOOK_LOG_FORMAT", "json")
+        .env("TUNEHOOK__SERVER__MAX_BODY_BYTES", "2048"));
+    assert!(ok, "{err}");
+    for expected in [
+        r#"listen = "0.0.0.0:9000""#,
+        r#"url = "sqlite:///data/tunehook.db""#,
+        r#"base_url = "http://127.0.0.1:9999""#,
+        r#"filter = "debug""#,
+        r#"format = "json""#,
+        "max_body_bytes = 2048",
+        "[redacted]",
+    ] {
+        assert!(out.contains(expected), "missing {expected} in:\n{out}");
+    }
+    for secret in [
+        "api-secret-value-1234",
+        "ingest-secret-value-1234",
+        "SG_segmind_secret_key",
+    ] {
+        assert!(
+            !out.contains(secret) && !err.contains(secret),
+            "{secret} leaked"
+        );
+    }
+}
+
+#[test]
+fn the_shipped_config_file_is_valid_and_documents_the_defaults() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (ok, with_file, err) = run(tunehook(dir.path())
+        .arg("--config")
+        .arg(shipped_config())
+        .arg("check-config"));
+    assert!(ok, "{err}");
+    let (ok, without_file, _) = run(tunehook(dir.path()).arg("check-config"));
+    assert!(ok);
+    assert_eq!(
+        with_file, without_file,
+        "the file's values are the built-in defaults"
+    );
+}
+
+#[test]
+fn an_unknown_key_in_the_file_is_an_error_that_names_it() {
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("bad.toml");
+    std::fs::write(
+        &file,
+        "[server]\nlisten = \"127.0.0.1:8080\"\nlisten_port = 9\n",
+    )
+    .expect("write");
+    let (ok, _, err) = run(tunehook(dir.path())
+        .arg("--config")
+        .arg(&file)
+        .arg("check-config"));
+    assert!(!ok);
+    assert!(err.contains("server.listen_port"), "{err}");
+
+    std::fs::write(&file, "[sever]\nlisten = \"127.0.0.1:8080\"\n").expect("write");
+    let (ok, _, err) = run(tunehook(dir.path())
+        .env("TUNEHOOK_CONFIG", &file)
+        .arg("serve"));
+    assert!(!ok, "serve refuses to start");
+    assert!(err.contains("sever"), "{err}");
+}
+
+#[test]
+fn bad_values_are_errors_that_name_the_key() {
+    let dir = tempfile::tempdir().expect("dir");
+    for (var, value, key) in [
+        ("TUNEHOOK_LOG_FORMAT", "xml", "log.format"),
+        ("TUNEHOOK_LISTEN", "localhost", "server.listen"),
+        ("TUNEHOOK_DATABASE_URL", "postgres://x", "database.url"),
+        (
+            "TUNEHOOK__SERVER__MAX_BODY_BYTES",
+            "lots",
+            "server.max_body_bytes",
+        ),
+        ("TUNEHOOK_INGEST_TOKEN", "has space", "ingest.token"),
+    ] {
+        let (ok, _, err) = run(tunehook(dir.path()).arg("check-config").env(var, value));
+        assert!(!ok, "{var}={value} accepted");
+        assert!(err.contains(key), "{var}: {err}");
+        assert!(
+            !err.contains("has space"),
+            "a token value is never echoed: {err}"
+        );
+    }
+}
+
+#[test]
+fn a_missing_config_file_named_on_the_command_line_is_an_error() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (ok, _, err) = run(tunehook(dir.path()).args(["--config", "nope.toml", "check-config"]));
+    assert!(!ok);
+    assert!(err.contains("nope.toml"), "{err}");
+}
+
+#[test]
+fn migrate_creates_the_database_where_configured() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (ok, out, err) = run(tunehook(dir.path())
+        .arg("migrate")
+        .env("TUNEHOOK_DATABASE_URL", "sqlite://nested/folder/t.db"));
+    assert!(ok, "{err}");
+    assert!(out.contains("migration"), "{out}");
+    assert!(dir.path().join("nested/folder/t.db").exists());
+}
+
+#[test]
+fn every_command_has_help_with_an_example() {
+    let dir = tempfile::tempdir().expect("dir");
+    for command in [
+        "serve",
+        "migrate",
+        "check-config",
+        "tokens",
+        "send-test-event",
+    ] {
+        let (ok, out, _) = run(tunehook(dir.path()).args([command, "--help"]));
+        assert!(ok, "{command}");
+        assert!(out.contains("Example"), "{command}: {out}");
+    }
+}
+
+/// A running `tunehook serve`, with its log collected.
+struct Server {
+    child: Child,
+    addr: String,
+    log: Arc<Mutex<String>>,
+}
+
+fn start_server(dir: &Path) -> Server {
+    let mut child = tunehook(dir)
+        .arg("serve")
+        .env("TUNEHOOK_LISTEN", "127.0.0.1:0")
+        .env("TUNEHOOK_LOG_FORMAT", "json")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("serve starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let log = Arc::new(Mutex::new(String::new()));
+    let (tx, rx) = mpsc::channel();
+    let collected = Arc::clone(&log);
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Ok(event) = serde_json::from_str::<Value>(&line) {
+                if event["message"] == "tunehook is listening" {
+                    let _ = tx.send(event["addr"].as_str().unwrap_or_default().to_owned());
+                }
+            }
+            if let Ok(mut log) = collected.lock() {
+                log.push_str(&line);
+                log.push('\n');
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("serve logs its address");
+    Server { child, addr, log }
+}
+
+impl Server {
+    /// Sends SIGTERM and waits for the exit, at most `limit`.
+    fn terminate(mut self, limit: Duration) -> (std::process::ExitStatus, String) {
+        let pid = self.child.id().to_string();
+        let (ok, _, err) = run(Command::new("kill").args(["-TERM", &pid]));
+        assert!(ok, "kill: {err}");
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                // Let the reader thread take the last lines.
+                std::thread::sleep(Duration::from_millis(50));
+                let log = self.log.lock().map(|l| l.clone()).unwrap_or_default();
+                return (status, log);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "serve did not exit within {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Reads `tunehook tokens`: the webhook path and the API token.
+fn tokens(dir: &Path) -> (String, String) {
+    let (ok, out, err) = run(tunehook(dir).arg("tokens"));
+    assert!(ok, "{err}");
+    let path = out
+        .lines()
+        .find_map(|l| l.strip_prefix("Webhook path: "))
+        .expect("a webhook path line")
+        .to_owned();
+    let mut lines = out.lines();
+    lines.by_ref().find(|l| l.starts_with("API token"));
+    let api = lines.next().expect("the API token line").trim().to_owned();
+    (path, api)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_user_runs_serve_registers_the_printed_url_and_sees_the_job() {
+    let dir = tempfile::tempdir().expect("dir");
+    let server = start_server(dir.path());
+    assert!(
+        dir.path().join("data/tunehook.db").exists(),
+        "the default database is created under data/"
+    );
+    let (path, api_token) = tokens(dir.path());
+    assert!(path.starts_with("/webhooks/segmind/"));
+    let ingest_token = path.trim_start_matches("/webhooks/segmind/").to_owned();
+
+    let url = format!("http://{}{path}", server.addr);
+    let (ok, out, err) = run(tunehook(dir.path()).args([
+        "send-test-event",
+        &url,
+        "--event",
+        "AVAILABLE",
+        "--finetune-id",
+        "ft_cli",
+        "--name",
+        "cli-model",
+    ]));
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("HTTP 200") && out.contains("applied"), "{out}");
+
+    let client = reqwest::Client::new();
+    let jobs: Value = client
+        .get(format!("http://{}/v1/jobs", server.addr))
+        .bearer_auth(&api_token)
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(jobs["jobs"][0]["finetune_id"], "ft_cli");
+    assert_eq!(jobs["jobs"][0]["status"], "AVAILABLE");
+    assert_eq!(jobs["jobs"][0]["name"], "cli-model");
+
+    // A wrong token through the same command fails visibly.
+    let bad = format!("http://{}/webhooks/segmind/wrong", server.addr);
+    let (ok, out, _) = run(tunehook(dir.path()).args([
+        "send-test-event",
+        &bad,
+        "--event",
+        "AVAILABLE",
+        "--finetune-id",
+        "x",
+    ]));
+    assert!(!ok);
+    assert!(out.contains("401"), "{out}");
+
+    let (status, log) = server.terminate(Duration::from_secs(20));
+    assert!(status.success(), "exit status {status:?}");
+    assert!(log.contains("webhook stored"), "{log}");
+    assert!(
+        log.contains("tunehook tokens"),
+        "the log says how to get the URL"
+    );
+    assert!(
+        !log.contains(&ingest_token),
+        "the ingest token leaked into the log"
+    );
+    assert!(
+        !log.contains(&api_token),
+        "the API token leaked into the log"
+    );
+
+    // Started again, it keeps the job and the tokens.
+    let server = start_server(dir.path());
+    assert_eq!(tokens(dir.path()), (path, api_token.clone()));
+    let job: Value = client
+        .get(format!("http://{}/v1/jobs/ft_cli", server.addr))
+        .bearer_auth(&api_token)
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(job["status"], "AVAILABLE");
+    let (status, _) = server.terminate(Duration::from_secs(20));
+    assert!(status.success());
+}
