@@ -96,3 +96,39 @@ async fn the_database_is_in_wal_mode_on_disk() {
     // Bytes 18 and 19 of the SQLite header are 2 in WAL mode.
     assert_eq!((header[18], header[19]), (2, 2));
 }
+
+#[tokio::test]
+async fn when_the_database_cannot_take_the_write_the_answer_is_503_and_nothing_is_stored() {
+    use sqlx::{Connection, Executor};
+    let app = crate::helpers::spawn_app_with(|s| {
+        s.database.busy_timeout = std::time::Duration::from_millis(100);
+    })
+    .await;
+    // Another process holds the database's write lock.
+    let url = format!("sqlite://{}", app.dir.path().join("tunehook.db").display());
+    let mut blocker = sqlx::SqliteConnection::connect(&url).await.expect("connect");
+    blocker.execute("BEGIN IMMEDIATE").await.expect("lock");
+
+    let response = app
+        .client
+        .post(app.webhook_url())
+        .body(json!({"event": "AVAILABLE", "finetune_id": "blocked"}).to_string())
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(response.headers()["retry-after"], "1");
+    let body: serde_json::Value = response.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "unavailable");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(!message.contains("locked"), "no internal detail: {message}");
+
+    blocker.execute("ROLLBACK").await.expect("unlock");
+    let (status, body) = app.post(json!({"event": "AVAILABLE", "finetune_id": "later"})).await;
+    assert_eq!(status, StatusCode::OK, "the service recovers: {body}");
+    let receipts = app.receipts().await;
+    assert_eq!(receipts.len(), 1, "the refused webhook left nothing behind");
+    assert_eq!(receipts[0]["finetune_id"], "later");
+    let (status, _) = app.get("/v1/jobs/blocked").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
