@@ -2,10 +2,12 @@
 //! a job wins, and how an undocumented webhook body is read. Nothing in here
 //! does I/O, so every rule is unit-tested directly.
 
+pub mod job;
 pub mod payload;
 pub mod rules;
 pub mod status;
 
-pub use payload::{JobFields, Payload, PayloadError};
+pub use job::{Effect, Job, JobFields, Observation, observe};
+pub use payload::{Payload, PayloadError};
 pub use rules::{Decision, Source, decide};
 pub use status::Status;

@@ -7,7 +7,7 @@
 //! order. A value is present when it is a non-empty string (or, for the job
 //! id and timestamps, a number).
 
-use super::status::Status;
+use super::{job::JobFields, status::Status};
 use serde_json::{Map, Value};
 
 /// Where names are looked for, after the top level.
@@ -18,20 +18,6 @@ pub const STATUS_KEYS: [&str; 4] = ["event", "event_type", "type", "status"];
 pub const ID_KEYS: [&str; 3] = ["finetune_id", "request_id", "id"];
 /// The longest job id accepted.
 pub const MAX_ID_LEN: usize = 200;
-
-/// Job fields a webhook may bring along with its status.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct JobFields {
-    pub name: Option<String>,
-    pub base_model: Option<String>,
-    pub slug: Option<String>,
-    pub trained_model_url: Option<String>,
-    pub inference_api_url: Option<String>,
-    pub cloud_storage_url: Option<String>,
-    pub error_message: Option<String>,
-    pub created_ts: Option<String>,
-    pub updated_ts: Option<String>,
-}
 
 /// What was read from a body that parsed as JSON.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

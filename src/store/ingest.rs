@@ -1,10 +1,15 @@
-//! Storing one webhook request: the receipt and whatever it does to its job,
-//! in one savepoint of the writer's batch transaction.
+//! Storing webhook requests: each one's receipt, and what it does to its job.
+//!
+//! A batch of requests is planned in memory, in arrival order, against the
+//! jobs it names (loaded once), then written with a few multi-row
+//! statements. The writer runs this inside its batch transaction, so the
+//! receipts, the jobs and the transitions commit together.
 
-use super::jobs::{self, ApplyError, Observation};
-use crate::domain::{Decision, Payload, Source};
+use super::jobs::{self, NewTransition};
+use crate::domain::{Decision, Observation, Payload, Source, observe};
 use serde::Serialize;
-use sqlx::SqliteConnection;
+use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
+use std::collections::BTreeSet;
 
 /// A webhook request as received, ready to store.
 #[derive(Debug, Clone)]
@@ -70,117 +75,121 @@ pub struct IngestResult {
     pub transition_id: Option<String>,
 }
 
-/// Stores the request. `ApplyError::Conflict` asks the caller to roll the
-/// savepoint back and call again.
-pub(super) async fn execute(
+/// Stores `requests` in order; answers one result per request.
+pub(super) async fn execute_batch(
     conn: &mut SqliteConnection,
-    request: &IngestRequest,
-) -> Result<IngestResult, ApplyError> {
-    let payload = match &request.payload {
-        Err(reason) => {
-            let receipt_id =
-                insert_receipt(conn, request, Outcome::Invalid, None, None, Some(reason)).await?;
-            return Ok(result(receipt_id, Outcome::Invalid, None, None));
-        }
-        Ok(payload) => payload,
-    };
-    let (Some(finetune_id), Some(status)) = (&payload.finetune_id, &payload.status) else {
-        let status = payload.status.as_ref().map(|s| s.as_str().to_owned());
-        let receipt_id = insert_receipt(
-            conn,
-            request,
-            Outcome::Unrecognized,
-            payload.finetune_id.as_deref(),
-            status.as_deref(),
-            None,
-        )
+    requests: &[&IngestRequest],
+) -> Result<Vec<IngestResult>, sqlx::Error> {
+    let named: BTreeSet<&str> = requests
+        .iter()
+        .filter_map(|r| observable(r).map(|(id, _)| id))
+        .collect();
+    let mut known = jobs::load(conn, &named).await?;
+    // The single writer is the only one inserting receipts, so ids can be
+    // assigned here and used by the transitions that refer to them.
+    let next_id: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) + 1 FROM receipts")
+        .fetch_one(&mut *conn)
         .await?;
-        return Ok(result(
+
+    let mut results = Vec::with_capacity(requests.len());
+    let mut transitions = Vec::new();
+    let mut changed = BTreeSet::new();
+    for (receipt_id, request) in (next_id..).zip(requests) {
+        let mut result = IngestResult {
             receipt_id,
-            Outcome::Unrecognized,
-            payload.finetune_id.clone(),
-            status,
-        ));
-    };
-
-    let observation = Observation {
-        finetune_id,
-        status,
-        fields: &payload.fields,
-        source: Source::Webhook,
-        observed_at: &request.received_at,
-    };
-    let plan = jobs::plan(conn, &observation).await?;
-    let outcome = match plan.decision {
-        Decision::Apply => Outcome::Applied,
-        Decision::Duplicate => Outcome::Duplicate,
-        Decision::Stale => Outcome::Stale,
-    };
-    let receipt_id = insert_receipt(
-        conn,
-        request,
-        outcome,
-        Some(finetune_id),
-        Some(status.as_str()),
-        None,
-    )
-    .await?;
-    let transition_id = jobs::apply(conn, &observation, &plan, Some(receipt_id)).await?;
-    let mut result = result(
-        receipt_id,
-        outcome,
-        Some(finetune_id.clone()),
-        Some(status.as_str().to_owned()),
-    );
-    result.previous_status = plan.previous;
-    result.transition_id = transition_id;
-    Ok(result)
-}
-
-fn result(
-    receipt_id: i64,
-    outcome: Outcome,
-    finetune_id: Option<String>,
-    status: Option<String>,
-) -> IngestResult {
-    IngestResult {
-        receipt_id,
-        outcome,
-        finetune_id,
-        status,
-        previous_status: None,
-        transition_id: None,
+            outcome: Outcome::Unrecognized,
+            finetune_id: None,
+            status: None,
+            previous_status: None,
+            transition_id: None,
+        };
+        match &request.payload {
+            Err(_) => result.outcome = Outcome::Invalid,
+            Ok(payload) => {
+                result.finetune_id.clone_from(&payload.finetune_id);
+                result.status = payload.status.as_ref().map(|s| s.as_str().to_owned());
+            }
+        }
+        if let (Ok(payload), Some((finetune_id, status))) = (&request.payload, observable(request))
+        {
+            let observation = Observation {
+                finetune_id,
+                status,
+                fields: &payload.fields,
+                source: Source::Webhook,
+                observed_at: &request.received_at,
+            };
+            let job = known.entry(finetune_id.to_owned()).or_default();
+            let effect = observe(job, &observation);
+            if effect.changed {
+                changed.insert(finetune_id);
+            }
+            result.previous_status = effect.previous.map(|s| s.as_str().to_owned());
+            result.outcome = match effect.decision {
+                Decision::Apply => Outcome::Applied,
+                Decision::Duplicate => Outcome::Duplicate,
+                Decision::Stale => Outcome::Stale,
+            };
+            if effect.decision == Decision::Apply {
+                let transition = NewTransition {
+                    event_id: jobs::new_transition_id(),
+                    finetune_id: finetune_id.to_owned(),
+                    from_status: result.previous_status.clone(),
+                    to_status: status.as_str().to_owned(),
+                    source: Source::Webhook,
+                    observed_at: request.received_at.clone(),
+                    receipt_id: Some(receipt_id),
+                };
+                result.transition_id = Some(transition.event_id.clone());
+                transitions.push(transition);
+            }
+        }
+        results.push(result);
     }
+
+    insert_receipts(conn, requests, &results).await?;
+    let changed: Vec<_> = changed
+        .iter()
+        .filter_map(|id| known.get(*id).and_then(Option::as_ref))
+        .collect();
+    jobs::upsert(conn, &changed).await?;
+    jobs::insert_transitions(conn, &transitions).await?;
+    Ok(results)
 }
 
-async fn insert_receipt(
+/// The job id and status of a request that names both.
+fn observable(request: &IngestRequest) -> Option<(&str, &crate::domain::Status)> {
+    let payload = request.payload.as_ref().ok()?;
+    Some((payload.finetune_id.as_deref()?, payload.status.as_ref()?))
+}
+
+async fn insert_receipts(
     conn: &mut SqliteConnection,
-    request: &IngestRequest,
-    outcome: Outcome,
-    finetune_id: Option<&str>,
-    status: Option<&str>,
-    error: Option<&str>,
-) -> Result<i64, sqlx::Error> {
-    let event_id = request
-        .payload
-        .as_ref()
-        .ok()
-        .and_then(|p| p.event_id.as_deref());
-    let id = sqlx::query_scalar(
-        "INSERT INTO receipts (received_at, body, body_sha256, headers, outcome, finetune_id, status, event_id, error)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
-         RETURNING id",
-    )
-    .bind(&request.received_at)
-    .bind(&request.body)
-    .bind(&request.body_sha256)
-    .bind(&request.headers)
-    .bind(outcome.as_str())
-    .bind(finetune_id)
-    .bind(status)
-    .bind(event_id)
-    .bind(error)
-    .fetch_one(&mut *conn)
-    .await?;
-    Ok(id)
+    requests: &[&IngestRequest],
+    results: &[IngestResult],
+) -> Result<(), sqlx::Error> {
+    let rows: Vec<_> = requests.iter().zip(results).collect();
+    for chunk in rows.chunks(300) {
+        let mut query = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO receipts (id, received_at, body, body_sha256, headers, outcome, finetune_id, status, event_id, error) ",
+        );
+        query.push_values(chunk, |mut row, (request, result)| {
+            let (event_id, error) = match &request.payload {
+                Ok(payload) => (payload.event_id.clone(), None),
+                Err(reason) => (None, Some(reason.clone())),
+            };
+            row.push_bind(result.receipt_id)
+                .push_bind(request.received_at.clone())
+                .push_bind(request.body.clone())
+                .push_bind(request.body_sha256.clone())
+                .push_bind(request.headers.clone())
+                .push_bind(result.outcome.as_str())
+                .push_bind(result.finetune_id.clone())
+                .push_bind(result.status.clone())
+                .push_bind(event_id)
+                .push_bind(error);
+        });
+        query.build().execute(&mut *conn).await?;
+    }
+    Ok(())
 }

@@ -1,245 +1,158 @@
-//! Applying one observation of a job's status to the database, under the
-//! state rules of `domain::rules`.
+//! Jobs and transitions in bulk: load the jobs a batch names, then write back
+//! the ones that changed and the transitions recorded, a few statements per
+//! batch rather than several per request.
 //!
-//! The single writer makes these steps race-free; the schema still has the
-//! last word: the job update is a compare-and-set on the status it read, and
-//! a status can be recorded only once per job (`UNIQUE (finetune_id,
-//! to_status)`). When either refuses, the caller rolls back and tries again.
+//! The schema keeps the last word on duplicates: transitions are inserted
+//! without `ON CONFLICT`, so a second row for the same job and status
+//! (`UNIQUE (finetune_id, to_status)`) fails the write instead of passing.
 
-use crate::domain::{Decision, JobFields, Source, Status, decide};
-use sqlx::SqliteConnection;
+use crate::domain::{Job, JobFields, Source, Status};
+use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
+use std::collections::{BTreeSet, HashMap};
 
-/// One sighting of a job's status, from a webhook or from Segmind's API.
+/// Rows per multi-row statement, well under SQLite's limit on bound values.
+const CHUNK: usize = 400;
+
+/// A transition to record.
 #[derive(Debug, Clone)]
-pub struct Observation<'a> {
-    pub finetune_id: &'a str,
-    pub status: &'a Status,
-    pub fields: &'a JobFields,
+pub struct NewTransition {
+    pub event_id: String,
+    pub finetune_id: String,
+    pub from_status: Option<String>,
+    pub to_status: String,
     pub source: Source,
-    pub observed_at: &'a str,
+    pub observed_at: String,
+    pub receipt_id: Option<i64>,
 }
 
-/// What `plan` found and decided, to be carried out by `apply`.
-#[derive(Debug)]
-pub struct Plan {
-    pub decision: Decision,
-    pub previous: Option<String>,
-    existing: Option<ExistingJob>,
-}
-
-#[derive(Debug, sqlx::FromRow)]
-struct ExistingJob {
-    status: String,
-    name: Option<String>,
-    base_model: Option<String>,
-    slug: Option<String>,
-    trained_model_url: Option<String>,
-    inference_api_url: Option<String>,
-    cloud_storage_url: Option<String>,
-    error_message: Option<String>,
-    created_ts: Option<String>,
-    updated_ts: Option<String>,
-}
-
-/// Why `apply` did not complete. `Conflict` means the schema refused a step
-/// the plan expected to succeed (another write got there first): roll back
-/// and plan again.
-#[derive(Debug, thiserror::Error)]
-pub enum ApplyError {
-    #[error("a concurrent write changed the job")]
-    Conflict,
-    #[error(transparent)]
-    Database(#[from] sqlx::Error),
-}
-
-/// Reads the job and decides what the observation does to it.
-pub async fn plan(conn: &mut SqliteConnection, obs: &Observation<'_>) -> Result<Plan, sqlx::Error> {
-    let existing: Option<ExistingJob> = sqlx::query_as(
-        "SELECT status, name, base_model, slug, trained_model_url, inference_api_url,
-                cloud_storage_url, error_message, created_ts, updated_ts
-         FROM jobs WHERE finetune_id = ?",
-    )
-    .bind(obs.finetune_id)
-    .fetch_optional(&mut *conn)
-    .await?;
-
-    let current = existing
-        .as_ref()
-        .map(|job| Status::from_stored(&job.status));
-    let mut decision = decide(current.as_ref(), obs.status, obs.source);
-    if decision == Decision::Apply && existing.is_some() {
-        // A status is recorded once per job: seeing it again later (after the
-        // job moved on through a same-rank change) is stale, not a new step.
-        let recorded: Option<i64> =
-            sqlx::query_scalar("SELECT 1 FROM transitions WHERE finetune_id = ? AND to_status = ?")
-                .bind(obs.finetune_id)
-                .bind(obs.status.as_str())
-                .fetch_optional(&mut *conn)
-                .await?;
-        if recorded.is_some() {
-            decision = Decision::Stale;
-        }
-    }
-    Ok(Plan {
-        decision,
-        previous: existing.as_ref().map(|job| job.status.clone()),
-        existing,
-    })
-}
-
-/// Carries out a plan: moves the job and records the transition, or only
-/// fills the job's empty fields. Returns the new transition's id when one
-/// was recorded.
-pub async fn apply(
+/// The jobs with these ids, with every status recorded for each; an id with
+/// no job maps to `None`.
+pub async fn load(
     conn: &mut SqliteConnection,
-    obs: &Observation<'_>,
-    plan: &Plan,
-    receipt_id: Option<i64>,
-) -> Result<Option<String>, ApplyError> {
-    let f = obs.fields;
-    match (&plan.decision, &plan.existing) {
-        (Decision::Apply, None) => {
-            let inserted = sqlx::query(
-                "INSERT INTO jobs (finetune_id, status, status_rank, name, base_model, slug,
-                    trained_model_url, inference_api_url, cloud_storage_url, error_message,
-                    created_ts, updated_ts, first_seen_at, updated_at)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                 ON CONFLICT (finetune_id) DO NOTHING",
-            )
-            .bind(obs.finetune_id)
-            .bind(obs.status.as_str())
-            .bind(obs.status.rank())
-            .bind(&f.name)
-            .bind(&f.base_model)
-            .bind(&f.slug)
-            .bind(&f.trained_model_url)
-            .bind(&f.inference_api_url)
-            .bind(&f.cloud_storage_url)
-            .bind(&f.error_message)
-            .bind(&f.created_ts)
-            .bind(&f.updated_ts)
-            .bind(obs.observed_at)
-            .bind(obs.observed_at)
-            .execute(&mut *conn)
-            .await?;
-            if inserted.rows_affected() == 0 {
-                return Err(ApplyError::Conflict);
+    ids: &BTreeSet<&str>,
+) -> Result<HashMap<String, Option<Job>>, sqlx::Error> {
+    let mut jobs: HashMap<String, Option<Job>> =
+        ids.iter().map(|id| ((*id).to_owned(), None)).collect();
+    let ids: Vec<&str> = ids.iter().copied().collect();
+    for chunk in ids.chunks(CHUNK) {
+        let mut query = QueryBuilder::<Sqlite>::new(
+            "SELECT finetune_id, status, name, base_model, slug, trained_model_url,
+                    inference_api_url, cloud_storage_url, error_message, created_ts, updated_ts,
+                    first_seen_at, updated_at
+             FROM jobs WHERE finetune_id IN (",
+        );
+        push_list(&mut query, chunk);
+        for row in query.build().fetch_all(&mut *conn).await? {
+            let id: String = row.try_get("finetune_id")?;
+            let job = Job {
+                status: Status::from_stored(row.try_get::<&str, _>("status")?),
+                fields: JobFields {
+                    name: row.try_get("name")?,
+                    base_model: row.try_get("base_model")?,
+                    slug: row.try_get("slug")?,
+                    trained_model_url: row.try_get("trained_model_url")?,
+                    inference_api_url: row.try_get("inference_api_url")?,
+                    cloud_storage_url: row.try_get("cloud_storage_url")?,
+                    error_message: row.try_get("error_message")?,
+                    created_ts: row.try_get("created_ts")?,
+                    updated_ts: row.try_get("updated_ts")?,
+                },
+                first_seen_at: row.try_get("first_seen_at")?,
+                updated_at: row.try_get("updated_at")?,
+                recorded: BTreeSet::new(),
+                finetune_id: id.clone(),
+            };
+            jobs.insert(id, Some(job));
+        }
+
+        let mut query = QueryBuilder::<Sqlite>::new(
+            "SELECT finetune_id, to_status FROM transitions WHERE finetune_id IN (",
+        );
+        push_list(&mut query, chunk);
+        for row in query.build().fetch_all(&mut *conn).await? {
+            let id: &str = row.try_get("finetune_id")?;
+            let status = Status::from_stored(row.try_get::<&str, _>("to_status")?);
+            if let Some(Some(job)) = jobs.get_mut(id) {
+                job.recorded.insert(status);
             }
         }
-        (Decision::Apply, Some(existing)) => {
-            // Newer information wins: fields the observation carries replace
-            // the stored ones.
-            let updated = sqlx::query(
-                "UPDATE jobs SET status = ?, status_rank = ?, updated_at = ?,
-                    name = COALESCE(?, name), base_model = COALESCE(?, base_model),
-                    slug = COALESCE(?, slug), trained_model_url = COALESCE(?, trained_model_url),
-                    inference_api_url = COALESCE(?, inference_api_url),
-                    cloud_storage_url = COALESCE(?, cloud_storage_url),
-                    error_message = COALESCE(?, error_message),
-                    created_ts = COALESCE(?, created_ts), updated_ts = COALESCE(?, updated_ts)
-                 WHERE finetune_id = ? AND status = ?",
-            )
-            .bind(obs.status.as_str())
-            .bind(obs.status.rank())
-            .bind(obs.observed_at)
-            .bind(&f.name)
-            .bind(&f.base_model)
-            .bind(&f.slug)
-            .bind(&f.trained_model_url)
-            .bind(&f.inference_api_url)
-            .bind(&f.cloud_storage_url)
-            .bind(&f.error_message)
-            .bind(&f.created_ts)
-            .bind(&f.updated_ts)
-            .bind(obs.finetune_id)
-            .bind(&existing.status)
-            .execute(&mut *conn)
-            .await?;
-            if updated.rows_affected() == 0 {
-                return Err(ApplyError::Conflict);
-            }
-        }
-        (_, Some(existing)) => {
-            fill_empty_fields(conn, obs, existing).await?;
-            return Ok(None);
-        }
-        (_, None) => return Ok(None),
     }
-
-    let transition_id = new_transition_id();
-    let recorded = sqlx::query(
-        "INSERT INTO transitions (event_id, finetune_id, from_status, to_status, source, observed_at, receipt_id)
-         VALUES (?, ?, ?, ?, ?, ?, ?)
-         ON CONFLICT (finetune_id, to_status) DO NOTHING",
-    )
-    .bind(&transition_id)
-    .bind(obs.finetune_id)
-    .bind(&plan.previous)
-    .bind(obs.status.as_str())
-    .bind(obs.source.as_str())
-    .bind(obs.observed_at)
-    .bind(receipt_id)
-    .execute(&mut *conn)
-    .await?;
-    if recorded.rows_affected() == 0 {
-        return Err(ApplyError::Conflict);
-    }
-    Ok(Some(transition_id))
+    Ok(jobs)
 }
 
-/// A duplicate or stale observation may still bring what the job lacks, such
-/// as a late TRAINING_COMPLETED carrying `trained_model_url`. Only empty
-/// fields are filled; the status never changes here.
-async fn fill_empty_fields(
+fn push_list(query: &mut QueryBuilder<'_, Sqlite>, ids: &[&str]) {
+    let mut list = query.separated(", ");
+    for id in ids {
+        list.push_bind(id.to_string());
+    }
+    list.push_unseparated(")");
+}
+
+/// Writes these jobs as they are now: new ones inserted, known ones updated
+/// (their `first_seen_at` kept).
+pub async fn upsert(conn: &mut SqliteConnection, jobs: &[&Job]) -> Result<(), sqlx::Error> {
+    for chunk in jobs.chunks(CHUNK) {
+        let mut query = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO jobs (finetune_id, status, status_rank, name, base_model, slug,
+                trained_model_url, inference_api_url, cloud_storage_url, error_message,
+                created_ts, updated_ts, first_seen_at, updated_at) ",
+        );
+        query.push_values(chunk, |mut row, job| {
+            let f = &job.fields;
+            row.push_bind(job.finetune_id.clone())
+                .push_bind(job.status.as_str().to_owned())
+                .push_bind(i64::from(job.status.rank()))
+                .push_bind(f.name.clone())
+                .push_bind(f.base_model.clone())
+                .push_bind(f.slug.clone())
+                .push_bind(f.trained_model_url.clone())
+                .push_bind(f.inference_api_url.clone())
+                .push_bind(f.cloud_storage_url.clone())
+                .push_bind(f.error_message.clone())
+                .push_bind(f.created_ts.clone())
+                .push_bind(f.updated_ts.clone())
+                .push_bind(job.first_seen_at.clone())
+                .push_bind(job.updated_at.clone());
+        });
+        query.push(
+            " ON CONFLICT (finetune_id) DO UPDATE SET
+                status = excluded.status, status_rank = excluded.status_rank,
+                name = excluded.name, base_model = excluded.base_model, slug = excluded.slug,
+                trained_model_url = excluded.trained_model_url,
+                inference_api_url = excluded.inference_api_url,
+                cloud_storage_url = excluded.cloud_storage_url,
+                error_message = excluded.error_message,
+                created_ts = excluded.created_ts, updated_ts = excluded.updated_ts,
+                updated_at = excluded.updated_at",
+        );
+        query.build().execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+pub async fn insert_transitions(
     conn: &mut SqliteConnection,
-    obs: &Observation<'_>,
-    job: &ExistingJob,
+    transitions: &[NewTransition],
 ) -> Result<(), sqlx::Error> {
-    let f = obs.fields;
-    let pairs = [
-        (&job.name, &f.name),
-        (&job.base_model, &f.base_model),
-        (&job.slug, &f.slug),
-        (&job.trained_model_url, &f.trained_model_url),
-        (&job.inference_api_url, &f.inference_api_url),
-        (&job.cloud_storage_url, &f.cloud_storage_url),
-        (&job.error_message, &f.error_message),
-        (&job.created_ts, &f.created_ts),
-        (&job.updated_ts, &f.updated_ts),
-    ];
-    if !pairs
-        .iter()
-        .any(|(stored, seen)| stored.is_none() && seen.is_some())
-    {
-        return Ok(());
+    for chunk in transitions.chunks(CHUNK) {
+        let mut query = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO transitions (event_id, finetune_id, from_status, to_status, source, observed_at, receipt_id) ",
+        );
+        query.push_values(chunk, |mut row, t| {
+            row.push_bind(t.event_id.clone())
+                .push_bind(t.finetune_id.clone())
+                .push_bind(t.from_status.clone())
+                .push_bind(t.to_status.clone())
+                .push_bind(t.source.as_str())
+                .push_bind(t.observed_at.clone())
+                .push_bind(t.receipt_id);
+        });
+        query.build().execute(&mut *conn).await?;
     }
-    sqlx::query(
-        "UPDATE jobs SET updated_at = ?,
-            name = COALESCE(name, ?), base_model = COALESCE(base_model, ?),
-            slug = COALESCE(slug, ?), trained_model_url = COALESCE(trained_model_url, ?),
-            inference_api_url = COALESCE(inference_api_url, ?),
-            cloud_storage_url = COALESCE(cloud_storage_url, ?),
-            error_message = COALESCE(error_message, ?),
-            created_ts = COALESCE(created_ts, ?), updated_ts = COALESCE(updated_ts, ?)
-         WHERE finetune_id = ?",
-    )
-    .bind(obs.observed_at)
-    .bind(&f.name)
-    .bind(&f.base_model)
-    .bind(&f.slug)
-    .bind(&f.trained_model_url)
-    .bind(&f.inference_api_url)
-    .bind(&f.cloud_storage_url)
-    .bind(&f.error_message)
-    .bind(&f.created_ts)
-    .bind(&f.updated_ts)
-    .bind(obs.finetune_id)
-    .execute(&mut *conn)
-    .await?;
     Ok(())
 }
 
 /// A transition's id: stable, unique, and safe in a URL.
-fn new_transition_id() -> String {
+pub fn new_transition_id() -> String {
     format!("tr_{}", hex::encode(rand::random::<[u8; 16]>()))
 }

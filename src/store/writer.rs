@@ -1,15 +1,16 @@
 //! The single writer, with group commit.
 //!
 //! Requests queue on a channel. The writer takes every request waiting (up
-//! to `max_batch`), runs each in its own savepoint inside one transaction,
-//! commits once, and only then answers each request. One fsync covers the
-//! whole batch, so throughput grows with load while every answer still
-//! means "on disk". A request that fails rolls back only its savepoint.
+//! to `max_batch`), stores them all in one transaction with a few multi-row
+//! statements, commits once, and only then answers each request. One fsync
+//! covers the whole batch, so throughput grows with load while every answer
+//! still means "on disk". When a constraint refuses the batch, its requests
+//! are stored one by one, each in its own savepoint, so only the one at
+//! fault is refused.
 
 use super::{
     StoreError,
     ingest::{self, IngestRequest, IngestResult},
-    jobs::ApplyError,
     tokens::{self, Tokens},
 };
 use sqlx::{Acquire, Connection, SqliteConnection, Transaction, sqlite::Sqlite};
@@ -17,9 +18,6 @@ use tokio::{
     sync::{mpsc, oneshot},
     task::JoinHandle,
 };
-
-/// How many times a request is re-planned after the schema refused a step.
-const CONFLICT_RETRIES: usize = 3;
 
 /// Requests waiting for the writer beyond this make callers wait to queue.
 const QUEUE_DEPTH: usize = 8192;
@@ -89,7 +87,14 @@ async fn run(
 ) {
     let mut batch = Vec::with_capacity(max_batch);
     while rx.recv_many(&mut batch, max_batch).await > 0 {
+        let started = std::time::Instant::now();
+        let size = batch.len();
         commit_batch(&mut conn, &mut batch).await;
+        tracing::debug!(
+            size,
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "batch committed"
+        );
     }
     if let Err(e) = conn.close().await {
         tracing::warn!(error = %e, "closing the database failed");
@@ -104,16 +109,58 @@ async fn commit_batch(conn: &mut SqliteConnection, batch: &mut Vec<(Step, ReplyT
         Err(e) => {
             tracing::error!(error = %e, "cannot begin a write transaction; answering 503");
             for (_, reply) in batch.drain(..) {
-                let _ = reply.send(Err(StoreError::Unavailable(e.to_string())));
+                let _ = reply.send(Err(unavailable(e.to_string())));
             }
             return;
         }
     };
-    let mut replies = Vec::with_capacity(batch.len());
+    let mut ingests = Vec::new();
+    let mut replies: Vec<(ReplyTo, Result<Output, StoreError>)> = Vec::with_capacity(batch.len());
     for (step, reply) in batch.drain(..) {
-        let result = in_savepoint(&mut tx, &step).await;
-        replies.push((reply, result));
+        match step {
+            Step::Ingest(request) => ingests.push((request, reply)),
+            Step::Tokens => {
+                let result = match in_savepoint(&mut tx, Work::Tokens).await {
+                    Ok(Done::Tokens(tokens)) => Ok(Output::Tokens(tokens)),
+                    Ok(Done::Ingest(_)) => Err(mismatch()),
+                    Err(e) => Err(e.into()),
+                };
+                replies.push((reply, result));
+            }
+        }
     }
+    let requests: Vec<&IngestRequest> = ingests.iter().map(|(r, _)| r.as_ref()).collect();
+    let results = match in_savepoint(&mut tx, Work::Ingest(&requests)).await {
+        Ok(Done::Ingest(results)) => results.into_iter().map(|r| Ok(Output::Ingest(r))).collect(),
+        Ok(Done::Tokens(_)) => requests.iter().map(|_| Err(mismatch())).collect(),
+        // The schema refused part of the batch: store each request on its
+        // own, so only the one at fault is refused.
+        Err(Failure::Refused(e)) => {
+            tracing::warn!(error = %e, "the schema refused a batch; storing its requests one by one");
+            let mut results = Vec::with_capacity(requests.len());
+            for request in &requests {
+                let one = [*request];
+                let result = in_savepoint(&mut tx, Work::Ingest(&one)).await;
+                results.push(match result {
+                    Ok(Done::Ingest(mut stored)) if stored.len() == 1 => {
+                        Ok(Output::Ingest(stored.remove(0)))
+                    }
+                    Ok(_) => Err(mismatch()),
+                    Err(e) => Err(e.into()),
+                });
+            }
+            results
+        }
+        Err(e) => {
+            let e: StoreError = e.into();
+            requests
+                .iter()
+                .map(|_| Err(unavailable(e.to_string())))
+                .collect::<Vec<_>>()
+        }
+    };
+    replies.extend(ingests.into_iter().map(|(_, reply)| reply).zip(results));
+
     let committed = tx.commit().await;
     if let Err(e) = &committed {
         tracing::error!(error = %e, requests = replies.len(), "commit failed; answering 503");
@@ -121,7 +168,7 @@ async fn commit_batch(conn: &mut SqliteConnection, batch: &mut Vec<(Step, ReplyT
     for (reply, result) in replies {
         let result = match &committed {
             Ok(()) => result,
-            Err(e) => Err(StoreError::Unavailable(e.to_string())),
+            Err(e) => Err(unavailable(e.to_string())),
         };
         // A caller that went away (its client disconnected) no longer needs
         // the answer; what it asked for is committed regardless.
@@ -129,36 +176,67 @@ async fn commit_batch(conn: &mut SqliteConnection, batch: &mut Vec<(Step, ReplyT
     }
 }
 
-/// Runs one step in a savepoint: re-planned when the schema reports a
-/// conflict, rolled back alone when it fails.
-async fn in_savepoint(tx: &mut Transaction<'_, Sqlite>, step: &Step) -> Result<Output, StoreError> {
-    for _ in 0..CONFLICT_RETRIES {
-        let mut savepoint = Acquire::begin(&mut **tx).await.map_err(unavailable)?;
-        let result = match step {
-            Step::Ingest(request) => ingest::execute(&mut savepoint, request)
-                .await
-                .map(Output::Ingest),
-            Step::Tokens => tokens::load_or_generate(&mut savepoint)
-                .await
-                .map(Output::Tokens)
-                .map_err(ApplyError::from),
-        };
-        match result {
-            Ok(output) => {
-                savepoint.commit().await.map_err(unavailable)?;
-                return Ok(output);
-            }
-            Err(ApplyError::Conflict) => savepoint.rollback().await.map_err(unavailable)?,
-            Err(ApplyError::Database(e)) => {
+/// Why a step did not complete.
+enum Failure {
+    /// A constraint refused the write: the request itself is at fault.
+    Refused(sqlx::Error),
+    /// The database could not take the write (locked, full, read-only...).
+    Unavailable(sqlx::Error),
+}
+
+impl From<Failure> for StoreError {
+    fn from(failure: Failure) -> StoreError {
+        match failure {
+            Failure::Refused(e) | Failure::Unavailable(e) => {
                 tracing::error!(error = %e, "a write failed; its request gets 503");
-                let _ = savepoint.rollback().await;
-                return Err(unavailable(e));
+                unavailable(e.to_string())
             }
         }
     }
-    Err(StoreError::Unavailable("the write kept conflicting".into()))
 }
 
-fn unavailable(e: sqlx::Error) -> StoreError {
-    StoreError::Unavailable(e.to_string())
+/// What runs in one savepoint.
+enum Work<'a> {
+    Ingest(&'a [&'a IngestRequest]),
+    Tokens,
+}
+
+enum Done {
+    Ingest(Vec<IngestResult>),
+    Tokens(Tokens),
+}
+
+/// Runs `work` in a savepoint of `tx`, rolled back alone when it fails.
+async fn in_savepoint(tx: &mut Transaction<'_, Sqlite>, work: Work<'_>) -> Result<Done, Failure> {
+    let mut savepoint = Acquire::begin(&mut **tx)
+        .await
+        .map_err(Failure::Unavailable)?;
+    let result = match work {
+        Work::Ingest(requests) => ingest::execute_batch(&mut savepoint, requests)
+            .await
+            .map(Done::Ingest),
+        Work::Tokens => tokens::load_or_generate(&mut savepoint)
+            .await
+            .map(Done::Tokens),
+    };
+    match result {
+        Ok(done) => {
+            savepoint.commit().await.map_err(Failure::Unavailable)?;
+            Ok(done)
+        }
+        Err(e) => {
+            let _ = savepoint.rollback().await;
+            let refused = matches!(&e, sqlx::Error::Database(db) if db.is_unique_violation()
+                || db.is_check_violation() || db.is_foreign_key_violation());
+            Err(if refused {
+                Failure::Refused(e)
+            } else {
+                Failure::Unavailable(e)
+            })
+        }
+    }
+}
+
+fn unavailable(message: String) -> StoreError {
+    StoreError::Unavailable(message)
 }

@@ -106,7 +106,9 @@ async fn when_the_database_cannot_take_the_write_the_answer_is_503_and_nothing_i
     .await;
     // Another process holds the database's write lock.
     let url = format!("sqlite://{}", app.dir.path().join("tunehook.db").display());
-    let mut blocker = sqlx::SqliteConnection::connect(&url).await.expect("connect");
+    let mut blocker = sqlx::SqliteConnection::connect(&url)
+        .await
+        .expect("connect");
     blocker.execute("BEGIN IMMEDIATE").await.expect("lock");
 
     let response = app
@@ -124,7 +126,9 @@ async fn when_the_database_cannot_take_the_write_the_answer_is_503_and_nothing_i
     assert!(!message.contains("locked"), "no internal detail: {message}");
 
     blocker.execute("ROLLBACK").await.expect("unlock");
-    let (status, body) = app.post(json!({"event": "AVAILABLE", "finetune_id": "later"})).await;
+    let (status, body) = app
+        .post(json!({"event": "AVAILABLE", "finetune_id": "later"}))
+        .await;
     assert_eq!(status, StatusCode::OK, "the service recovers: {body}");
     let receipts = app.receipts().await;
     assert_eq!(receipts.len(), 1, "the refused webhook left nothing behind");

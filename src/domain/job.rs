@@ -1,0 +1,282 @@
+//! A job as tunehook knows it, and what one observation of its status does
+//! to it. This is where the state rules meet the job's fields.
+
+use super::{
+    rules::{Decision, Source, decide},
+    status::Status,
+};
+use std::collections::BTreeSet;
+
+/// Job fields a webhook (or Segmind's API) may bring along with a status.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JobFields {
+    pub name: Option<String>,
+    pub base_model: Option<String>,
+    pub slug: Option<String>,
+    pub trained_model_url: Option<String>,
+    pub inference_api_url: Option<String>,
+    pub cloud_storage_url: Option<String>,
+    pub error_message: Option<String>,
+    pub created_ts: Option<String>,
+    pub updated_ts: Option<String>,
+}
+
+impl JobFields {
+    fn pairs<'a>(
+        &'a mut self,
+        other: &'a JobFields,
+    ) -> [(&'a mut Option<String>, &'a Option<String>); 9] {
+        [
+            (&mut self.name, &other.name),
+            (&mut self.base_model, &other.base_model),
+            (&mut self.slug, &other.slug),
+            (&mut self.trained_model_url, &other.trained_model_url),
+            (&mut self.inference_api_url, &other.inference_api_url),
+            (&mut self.cloud_storage_url, &other.cloud_storage_url),
+            (&mut self.error_message, &other.error_message),
+            (&mut self.created_ts, &other.created_ts),
+            (&mut self.updated_ts, &other.updated_ts),
+        ]
+    }
+
+    /// Takes every field `newer` carries. Returns whether anything changed.
+    pub fn take_newer(&mut self, newer: &JobFields) -> bool {
+        let mut changed = false;
+        for (mine, theirs) in self.pairs(newer) {
+            if theirs.is_some() && mine != theirs {
+                mine.clone_from(theirs);
+                changed = true;
+            }
+        }
+        changed
+    }
+
+    /// Fills only the fields that are empty here. Returns whether anything changed.
+    pub fn fill_empty(&mut self, other: &JobFields) -> bool {
+        let mut changed = false;
+        for (mine, theirs) in self.pairs(other) {
+            if mine.is_none() && theirs.is_some() {
+                mine.clone_from(theirs);
+                changed = true;
+            }
+        }
+        changed
+    }
+}
+
+/// A job's current state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Job {
+    pub finetune_id: String,
+    pub status: Status,
+    pub fields: JobFields,
+    pub first_seen_at: String,
+    pub updated_at: String,
+    /// Every status ever recorded for the job: each is recorded once.
+    pub recorded: BTreeSet<Status>,
+}
+
+/// One sighting of a job's status.
+#[derive(Debug, Clone, Copy)]
+pub struct Observation<'a> {
+    pub finetune_id: &'a str,
+    pub status: &'a Status,
+    pub fields: &'a JobFields,
+    pub source: Source,
+    pub observed_at: &'a str,
+}
+
+/// What an observation did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Effect {
+    pub decision: Decision,
+    /// The job's status before the observation (`None` for a new job).
+    pub previous: Option<Status>,
+    /// Whether the job changed at all (its status or any field).
+    pub changed: bool,
+}
+
+/// Applies `obs` to `job` (`None`: a job not seen before, created here) under
+/// the state rules: the job moves only when `rules::decide` says so and the
+/// status was never recorded for it; otherwise the observation may still fill
+/// the job's empty fields, such as a late TRAINING_COMPLETED bringing
+/// `trained_model_url` to an AVAILABLE job.
+pub fn observe(job: &mut Option<Job>, obs: &Observation<'_>) -> Effect {
+    let Some(current) = job else {
+        *job = Some(Job {
+            finetune_id: obs.finetune_id.to_owned(),
+            status: obs.status.clone(),
+            fields: obs.fields.clone(),
+            first_seen_at: obs.observed_at.to_owned(),
+            updated_at: obs.observed_at.to_owned(),
+            recorded: BTreeSet::from([obs.status.clone()]),
+        });
+        return Effect {
+            decision: Decision::Apply,
+            previous: None,
+            changed: true,
+        };
+    };
+    let previous = Some(current.status.clone());
+    let mut decision = decide(Some(&current.status), obs.status, obs.source);
+    if decision == Decision::Apply && current.recorded.contains(obs.status) {
+        decision = Decision::Stale;
+    }
+    let changed = match decision {
+        Decision::Apply => {
+            current.status = obs.status.clone();
+            current.recorded.insert(obs.status.clone());
+            current.fields.take_newer(obs.fields);
+            true
+        }
+        Decision::Duplicate | Decision::Stale => current.fields.fill_empty(obs.fields),
+    };
+    if changed {
+        current.updated_at = obs.observed_at.to_owned();
+    }
+    Effect {
+        decision,
+        previous,
+        changed,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(name: &str) -> Status {
+        Status::parse(name).expect("valid")
+    }
+
+    fn see(
+        job: &mut Option<Job>,
+        status: &str,
+        fields: JobFields,
+        source: Source,
+        at: &str,
+    ) -> Effect {
+        let status = s(status);
+        observe(
+            job,
+            &Observation {
+                finetune_id: "ft",
+                status: &status,
+                fields: &fields,
+                source,
+                observed_at: at,
+            },
+        )
+    }
+
+    #[test]
+    fn a_new_job_is_created_in_the_observed_status() {
+        let mut job = None;
+        let effect = see(
+            &mut job,
+            "QUEUED",
+            JobFields::default(),
+            Source::Webhook,
+            "t1",
+        );
+        assert_eq!(
+            effect,
+            Effect {
+                decision: Decision::Apply,
+                previous: None,
+                changed: true
+            }
+        );
+        let job = job.expect("created");
+        assert_eq!(job.status, s("QUEUED"));
+        assert_eq!(
+            (job.first_seen_at.as_str(), job.updated_at.as_str()),
+            ("t1", "t1")
+        );
+    }
+
+    #[test]
+    fn an_applied_status_takes_newer_fields_and_a_stale_one_fills_only_empty_ones() {
+        let mut job = None;
+        let first = JobFields {
+            name: Some("a".into()),
+            inference_api_url: Some("i1".into()),
+            ..Default::default()
+        };
+        see(&mut job, "TRAINING", first, Source::Webhook, "t1");
+        let newer = JobFields {
+            name: Some("b".into()),
+            ..Default::default()
+        };
+        see(&mut job, "AVAILABLE", newer, Source::Webhook, "t2");
+        let late = JobFields {
+            name: Some("c".into()),
+            trained_model_url: Some("w".into()),
+            inference_api_url: Some("i2".into()),
+            ..Default::default()
+        };
+        let effect = see(&mut job, "TRAINING_COMPLETED", late, Source::Webhook, "t3");
+        assert_eq!(effect.decision, Decision::Stale);
+        assert!(effect.changed);
+        let job = job.expect("exists");
+        assert_eq!(job.status, s("AVAILABLE"));
+        assert_eq!(job.fields.name.as_deref(), Some("b"));
+        assert_eq!(job.fields.trained_model_url.as_deref(), Some("w"));
+        assert_eq!(job.fields.inference_api_url.as_deref(), Some("i1"));
+        assert_eq!(job.updated_at, "t3");
+    }
+
+    #[test]
+    fn a_duplicate_with_nothing_new_changes_nothing() {
+        let mut job = None;
+        see(
+            &mut job,
+            "AVAILABLE",
+            JobFields::default(),
+            Source::Webhook,
+            "t1",
+        );
+        let effect = see(
+            &mut job,
+            "AVAILABLE",
+            JobFields::default(),
+            Source::Webhook,
+            "t2",
+        );
+        assert_eq!(effect.decision, Decision::Duplicate);
+        assert!(!effect.changed);
+        assert_eq!(job.expect("exists").updated_at, "t1");
+    }
+
+    #[test]
+    fn a_status_recorded_once_is_never_recorded_again() {
+        let mut job = None;
+        see(
+            &mut job,
+            "AVAILABLE",
+            JobFields::default(),
+            Source::Webhook,
+            "t1",
+        );
+        assert_eq!(
+            see(
+                &mut job,
+                "FAILED",
+                JobFields::default(),
+                Source::Reconcile,
+                "t2"
+            )
+            .decision,
+            Decision::Apply
+        );
+        let back = see(
+            &mut job,
+            "AVAILABLE",
+            JobFields::default(),
+            Source::Reconcile,
+            "t3",
+        );
+        assert_eq!(back.decision, Decision::Stale);
+        assert_eq!(job.expect("exists").status, s("FAILED"));
+    }
+}
