@@ -4,17 +4,20 @@
 
 use crate::{
     config::{Secret, Settings},
+    delivery::{self, Sink},
     http::{self, AppState},
     store::Store,
 };
 use anyhow::Context;
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
 pub struct Application {
     listener: TcpListener,
     router: axum::Router,
+    store: Store,
+    sinks: Vec<Arc<Sink>>,
     writer: JoinHandle<()>,
     shutdown: CancellationToken,
     shutdown_timeout: Duration,
@@ -24,7 +27,7 @@ pub struct Application {
 
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
-        let (store, writer) = Store::open(&settings.database)
+        let (store, writer) = Store::open(&settings.database, delivery::routes(&settings.sinks))
             .await
             .with_context(|| format!("cannot open the database at {}", settings.database.url))?;
         let generated = store
@@ -44,8 +47,10 @@ impl Application {
         let listener = TcpListener::bind(&settings.server.listen)
             .await
             .with_context(|| format!("cannot listen on {}", settings.server.listen))?;
+        let sinks = delivery::build_sinks(&settings.delivery, &settings.sinks);
         let state = AppState::new(http::Inner {
-            store,
+            store: store.clone(),
+            sinks: settings.sinks.clone(),
             ingest_token: ingest_token.clone(),
             api_token: api_token.clone(),
             max_body_bytes: settings.server.max_body_bytes,
@@ -53,6 +58,8 @@ impl Application {
         Ok(Application {
             listener,
             router: http::router(state, settings.server.request_timeout),
+            store,
+            sinks,
             writer,
             shutdown: CancellationToken::new(),
             shutdown_timeout: settings.server.shutdown_timeout,
@@ -91,6 +98,13 @@ impl Application {
             "register the webhook URL in the Segmind console: run `tunehook tokens` to print it"
         );
         let shutdown = self.shutdown.clone();
+        let deliveries = tokio::spawn(delivery::run(
+            self.sinks,
+            self.store.clone(),
+            shutdown.clone(),
+            self.shutdown_timeout,
+        ));
+        drop(self.store);
         let serve = axum::serve(self.listener, self.router)
             .with_graceful_shutdown(shutdown.clone().cancelled_owned())
             .into_future();
@@ -105,8 +119,15 @@ impl Application {
                 }
             }
         }
-        // Dropping the server released its handles on the store; the writer
-        // now commits what it holds and closes the database.
+        // Attempts in flight finish (or stay pending) within the timeout.
+        if tokio::time::timeout(self.shutdown_timeout, deliveries)
+            .await
+            .is_err()
+        {
+            tracing::warn!("delivery workers did not stop in time");
+        }
+        // Dropping the server and the workers released their handles on the
+        // store; the writer now commits what it holds and closes the database.
         drop(serve);
         match tokio::time::timeout(self.shutdown_timeout, self.writer).await {
             Ok(_) => tracing::info!("database closed; stopped"),

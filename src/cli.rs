@@ -141,7 +141,7 @@ async fn migrate(settings: Settings) -> anyhow::Result<()> {
 }
 
 async fn tokens(settings: Settings) -> anyhow::Result<()> {
-    let (store, writer) = Store::open(&settings.database)
+    let (store, writer) = Store::open(&settings.database, Vec::new())
         .await
         .with_context(|| format!("cannot open the database at {}", settings.database.url))?;
     let generated = store.generated_tokens().await?;

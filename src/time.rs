@@ -7,3 +7,18 @@ use chrono::{SecondsFormat, Utc};
 pub fn now_rfc3339() -> String {
     Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true)
 }
+
+/// `at` in the same fixed-width form as [`now_rfc3339`].
+pub fn rfc3339(at: chrono::DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+/// The time `wait` from now, in the same form.
+pub fn rfc3339_after(wait: std::time::Duration) -> String {
+    let wait = chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX);
+    rfc3339(
+        Utc::now()
+            .checked_add_signed(wait)
+            .unwrap_or(chrono::DateTime::<Utc>::MAX_UTC),
+    )
+}

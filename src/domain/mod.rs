@@ -2,8 +2,10 @@
 //! a job wins, and how an undocumented webhook body is read. Nothing in here
 //! does I/O, so every rule is unit-tested directly.
 
+pub mod event;
 pub mod job;
 pub mod payload;
+pub mod retry;
 pub mod rules;
 pub mod status;
 

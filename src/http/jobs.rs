@@ -7,7 +7,7 @@ use super::{
 };
 use crate::{
     domain::Status,
-    store::{JobFilter, JobRow, TransitionRow},
+    store::{JobFilter, JobRow, TransitionDelivery, TransitionRow},
 };
 use axum::{
     Json,
@@ -32,7 +32,15 @@ pub struct JobList {
 pub struct JobDetail {
     #[serde(flatten)]
     job: JobRow,
-    transitions: Vec<TransitionRow>,
+    transitions: Vec<TransitionDetail>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TransitionDetail {
+    #[serde(flatten)]
+    transition: TransitionRow,
+    /// This transition's delivery to each sink.
+    deliveries: Vec<TransitionDelivery>,
 }
 
 pub async fn list(
@@ -76,6 +84,22 @@ pub async fn get(
         state.store.job(&finetune_id).await?.ok_or_else(|| {
             ApiError::NotFound(format!("no job with finetune_id `{finetune_id}`"))
         })?;
-    let transitions = state.store.transitions(&finetune_id).await?;
+    let mut deliveries = state.store.job_deliveries(&finetune_id).await?;
+    let transitions = state
+        .store
+        .transitions(&finetune_id)
+        .await?
+        .into_iter()
+        .map(|transition| {
+            let (mine, rest) = deliveries
+                .drain(..)
+                .partition(|d| d.event_id == transition.id);
+            deliveries = rest;
+            TransitionDetail {
+                transition,
+                deliveries: mine,
+            }
+        })
+        .collect();
     Ok(Json(JobDetail { job, transitions }))
 }

@@ -4,17 +4,25 @@
 //! - `POST /webhooks/segmind/{token}`: `webhooks`
 //! - `GET /v1/jobs`, `GET /v1/jobs/{finetune_id}`: `jobs`
 //! - `GET /v1/receipts`: `receipts`
+//! - `GET /v1/sinks`, `POST /v1/sinks/{name}/replay`: `sinks`
+//! - `GET /v1/deliveries`, `GET /v1/deliveries/{id}`, `POST /v1/deliveries/{id}/retry`: `deliveries`
 //! - `GET /healthz`, `GET /readyz`: `health`
 
 pub mod auth;
+pub mod deliveries;
 pub mod error;
 pub mod health;
 pub mod jobs;
+pub mod json;
 pub mod params;
 pub mod receipts;
+pub mod sinks;
 pub mod webhooks;
 
-use crate::{config::Secret, store::Store};
+use crate::{
+    config::{Secret, SinkSettings},
+    store::Store,
+};
 use axum::{
     Router,
     extract::{MatchedPath, Request},
@@ -40,6 +48,8 @@ pub struct AppState(Arc<Inner>);
 
 pub struct Inner {
     pub store: Store,
+    /// The configured sinks, as `GET /v1/sinks` shows them.
+    pub sinks: Vec<SinkSettings>,
     pub ingest_token: Secret,
     pub api_token: Secret,
     pub max_body_bytes: usize,
@@ -63,6 +73,11 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
         .route("/jobs", get(jobs::list))
         .route("/jobs/{finetune_id}", get(jobs::get))
         .route("/receipts", get(receipts::list))
+        .route("/sinks", get(sinks::list))
+        .route("/sinks/{name}/replay", post(sinks::replay))
+        .route("/deliveries", get(deliveries::list))
+        .route("/deliveries/{id}", get(deliveries::get))
+        .route("/deliveries/{id}/retry", post(deliveries::retry))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_api_token,

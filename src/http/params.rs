@@ -23,6 +23,19 @@ pub fn limit(raw: Option<&str>) -> Result<u32, ApiError> {
     }
 }
 
+/// A cursor that is the id of the last row of the previous page.
+pub fn id_cursor(raw: Option<&str>) -> Result<Option<i64>, ApiError> {
+    match raw.filter(|s| !s.is_empty()) {
+        None => Ok(None),
+        Some(raw) => raw.parse::<i64>().map(Some).map_err(|_| {
+            ApiError::bad_request(
+                "invalid_parameter",
+                "`cursor` is not a cursor this API returned",
+            )
+        }),
+    }
+}
+
 /// A jobs cursor is the last job's `(updated_at, finetune_id)`, opaque to
 /// clients.
 pub fn encode_job_cursor(updated_at: &str, finetune_id: &str) -> String {

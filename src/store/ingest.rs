@@ -5,8 +5,11 @@
 //! statements. The writer runs this inside its batch transaction, so the
 //! receipts, the jobs and the transitions commit together.
 
-use super::jobs::{self, NewTransition};
-use crate::domain::{Decision, Observation, Payload, Source, observe};
+use super::{
+    jobs::{self, NewTransition},
+    outbox::{self, NewDelivery, SinkRoute},
+};
+use crate::domain::{Decision, Observation, Payload, Source, event, observe};
 use serde::Serialize;
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 use std::collections::BTreeSet;
@@ -73,12 +76,15 @@ pub struct IngestResult {
     pub previous_status: Option<String>,
     /// The transition recorded, when the outcome is `applied`.
     pub transition_id: Option<String>,
+    /// Deliveries enqueued for that transition, one per matching sink.
+    pub deliveries: usize,
 }
 
 /// Stores `requests` in order; answers one result per request.
 pub(super) async fn execute_batch(
     conn: &mut SqliteConnection,
     requests: &[&IngestRequest],
+    routes: &[SinkRoute],
 ) -> Result<Vec<IngestResult>, sqlx::Error> {
     let named: BTreeSet<&str> = requests
         .iter()
@@ -93,6 +99,7 @@ pub(super) async fn execute_batch(
 
     let mut results = Vec::with_capacity(requests.len());
     let mut transitions = Vec::new();
+    let mut deliveries = Vec::new();
     let mut changed = BTreeSet::new();
     for (receipt_id, request) in (next_id..).zip(requests) {
         let mut result = IngestResult {
@@ -102,6 +109,7 @@ pub(super) async fn execute_batch(
             status: None,
             previous_status: None,
             transition_id: None,
+            deliveries: 0,
         };
         match &request.payload {
             Err(_) => result.outcome = Outcome::Invalid,
@@ -130,15 +138,32 @@ pub(super) async fn execute_batch(
                 Decision::Duplicate => Outcome::Duplicate,
                 Decision::Stale => Outcome::Stale,
             };
-            if effect.decision == Decision::Apply {
+            if let (Decision::Apply, Some(job)) = (effect.decision, job.as_ref()) {
+                let event_id = jobs::new_transition_id();
+                let event = event::status_changed(
+                    &event_id,
+                    &request.received_at,
+                    result.previous_status.as_deref(),
+                    Source::Webhook.as_str(),
+                    job,
+                );
+                for route in routes.iter().filter(|r| r.wants(status)) {
+                    deliveries.push(NewDelivery {
+                        sink: route.name.clone(),
+                        event_id: event_id.clone(),
+                        finetune_id: finetune_id.to_owned(),
+                    });
+                    result.deliveries += 1;
+                }
                 let transition = NewTransition {
-                    event_id: jobs::new_transition_id(),
+                    event_id,
                     finetune_id: finetune_id.to_owned(),
                     from_status: result.previous_status.clone(),
                     to_status: status.as_str().to_owned(),
                     source: Source::Webhook,
                     observed_at: request.received_at.clone(),
                     receipt_id: Some(receipt_id),
+                    event,
                 };
                 result.transition_id = Some(transition.event_id.clone());
                 transitions.push(transition);
@@ -154,6 +179,9 @@ pub(super) async fn execute_batch(
         .collect();
     jobs::upsert(conn, &changed).await?;
     jobs::insert_transitions(conn, &transitions).await?;
+    if let Some(first) = requests.first() {
+        outbox::insert_deliveries(conn, &deliveries, &first.received_at).await?;
+    }
     Ok(results)
 }
 

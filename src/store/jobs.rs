@@ -23,6 +23,8 @@ pub struct NewTransition {
     pub source: Source,
     pub observed_at: String,
     pub receipt_id: Option<i64>,
+    /// The event sent to sinks for this transition, as JSON text.
+    pub event: String,
 }
 
 /// The jobs with these ids, with every status recorded for each; an id with
@@ -136,7 +138,7 @@ pub async fn insert_transitions(
 ) -> Result<(), sqlx::Error> {
     for chunk in transitions.chunks(CHUNK) {
         let mut query = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO transitions (event_id, finetune_id, from_status, to_status, source, observed_at, receipt_id) ",
+            "INSERT INTO transitions (event_id, finetune_id, from_status, to_status, source, observed_at, receipt_id, event) ",
         );
         query.push_values(chunk, |mut row, t| {
             row.push_bind(t.event_id.clone())
@@ -145,7 +147,8 @@ pub async fn insert_transitions(
                 .push_bind(t.to_status.clone())
                 .push_bind(t.source.as_str())
                 .push_bind(t.observed_at.clone())
-                .push_bind(t.receipt_id);
+                .push_bind(t.receipt_id)
+                .push_bind(t.event.clone());
         });
         query.build().execute(&mut *conn).await?;
     }

@@ -9,12 +9,17 @@
 mod ingest;
 mod jobs;
 mod models;
+mod outbox;
 mod queries;
 mod tokens;
 mod writer;
 
 pub use ingest::{IngestRequest, IngestResult, Outcome};
 pub use models::{JobRow, JobsPage, ReceiptRow, TransitionRow};
+pub use outbox::{
+    AttemptRecord, AttemptRow, DeliveryFilter, DeliveryRow, DueDelivery, NextStep, ReplayRequest,
+    SinkHealth, SinkRoute, TransitionDelivery,
+};
 pub use queries::{JobFilter, ReceiptFilter};
 pub use tokens::Tokens;
 
@@ -26,9 +31,9 @@ use sqlx::{
         SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
     },
 };
-use std::{path::Path, str::FromStr};
-use tokio::task::JoinHandle;
-use writer::WriterHandle;
+use std::{path::Path, str::FromStr, sync::Arc};
+use tokio::{sync::watch, task::JoinHandle};
+use writer::{Output, Step, WriterHandle, mismatch};
 
 /// The migrations, embedded in the binary.
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
@@ -51,6 +56,7 @@ pub enum StoreError {
 pub struct Store {
     writer: WriterHandle,
     reads: SqlitePool,
+    outbox: watch::Receiver<u64>,
 }
 
 impl Store {
@@ -58,7 +64,10 @@ impl Store {
     /// starts the writer task. The task ends once every `Store` clone is
     /// dropped, after committing what it holds; await the handle to know the
     /// database is closed.
-    pub async fn open(settings: &DatabaseSettings) -> Result<(Store, JoinHandle<()>), StoreError> {
+    pub async fn open(
+        settings: &DatabaseSettings,
+        routes: Vec<SinkRoute>,
+    ) -> Result<(Store, JoinHandle<()>), StoreError> {
         let options = connect_options(settings)?;
         create_parent_dir(options.get_filename())?;
         let mut conn = options.connect().await?;
@@ -68,8 +77,16 @@ impl Store {
             .min_connections(1)
             .connect_with(options.clone().read_only(true))
             .await?;
-        let (writer, task) = writer::spawn(conn, settings.max_batch);
-        Ok((Store { writer, reads }, task))
+        let (outbox_tx, outbox) = watch::channel(0);
+        let (writer, task) = writer::spawn(conn, settings.max_batch, Arc::new(routes), outbox_tx);
+        Ok((
+            Store {
+                writer,
+                reads,
+                outbox,
+            },
+            task,
+        ))
     }
 
     /// Applies the migrations and returns; used by `tunehook migrate`.
@@ -84,13 +101,53 @@ impl Store {
 
     /// Stores one webhook request and applies it to its job, durably.
     pub async fn ingest(&self, request: IngestRequest) -> Result<IngestResult, StoreError> {
-        self.writer.ingest(request).await
+        match self.writer.call(Step::Ingest(Box::new(request))).await? {
+            Output::Ingest(result) => Ok(result),
+            _ => Err(mismatch()),
+        }
+    }
+
+    /// Records a delivery attempt and what follows it.
+    pub async fn record_attempt(&self, record: AttemptRecord) -> Result<(), StoreError> {
+        match self
+            .writer
+            .call(Step::RecordAttempt(Box::new(record)))
+            .await?
+        {
+            Output::Recorded => Ok(()),
+            _ => Err(mismatch()),
+        }
+    }
+
+    /// Puts a dead or delivered delivery back to pending, due now. False
+    /// when there is no such delivery or it is already pending.
+    pub async fn retry_delivery(&self, id: i64) -> Result<bool, StoreError> {
+        match self.writer.call(Step::RetryDelivery(id)).await? {
+            Output::Retried(retried) => Ok(retried),
+            _ => Err(mismatch()),
+        }
+    }
+
+    /// Enqueues past events to one sink again; returns how many.
+    pub async fn replay(&self, request: ReplayRequest) -> Result<u64, StoreError> {
+        match self.writer.call(Step::Replay(Box::new(request))).await? {
+            Output::Replayed(count) => Ok(count),
+            _ => Err(mismatch()),
+        }
+    }
+
+    /// Changes whenever a commit made deliveries due.
+    pub fn outbox_changes(&self) -> watch::Receiver<u64> {
+        self.outbox.clone()
     }
 
     /// The ingest and API tokens kept in the database, generating each one
     /// that is missing. Configured tokens are not stored: they win over these.
     pub async fn generated_tokens(&self) -> Result<Tokens, StoreError> {
-        self.writer.tokens().await
+        match self.writer.call(Step::Tokens).await? {
+            Output::Tokens(tokens) => Ok(tokens),
+            _ => Err(mismatch()),
+        }
     }
 
     /// True when the database answers and every migration is applied.

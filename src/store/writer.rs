@@ -1,36 +1,47 @@
 //! The single writer, with group commit.
 //!
 //! Requests queue on a channel. The writer takes every request waiting (up
-//! to `max_batch`), stores them all in one transaction with a few multi-row
-//! statements, commits once, and only then answers each request. One fsync
-//! covers the whole batch, so throughput grows with load while every answer
-//! still means "on disk". When a constraint refuses the batch, its requests
-//! are stored one by one, each in its own savepoint, so only the one at
-//! fault is refused.
+//! to `max_batch`), stores them all in one transaction, commits once, and
+//! only then answers each request. One fsync covers the whole batch, so
+//! throughput grows with load while every answer still means "on disk".
+//! Webhooks in a batch are stored together with a few multi-row statements;
+//! when a constraint refuses that, they are stored one by one, each in its
+//! own savepoint, so only the one at fault is refused. Every other request
+//! runs in a savepoint of its own.
 
 use super::{
     StoreError,
     ingest::{self, IngestRequest, IngestResult},
+    outbox::{self, AttemptRecord, ReplayRequest, SinkRoute},
     tokens::{self, Tokens},
 };
 use sqlx::{Acquire, Connection, SqliteConnection, Transaction, sqlite::Sqlite};
+use std::sync::Arc;
 use tokio::{
-    sync::{mpsc, oneshot},
+    sync::{mpsc, oneshot, watch},
     task::JoinHandle,
 };
 
 /// Requests waiting for the writer beyond this make callers wait to queue.
 const QUEUE_DEPTH: usize = 8192;
 
-/// One unit of work; each runs in its own savepoint.
-enum Step {
+/// What can be asked of the writer.
+pub(super) enum Step {
     Ingest(Box<IngestRequest>),
     Tokens,
+    RecordAttempt(Box<AttemptRecord>),
+    RetryDelivery(i64),
+    Replay(Box<ReplayRequest>),
 }
 
-enum Output {
+pub(super) enum Output {
     Ingest(IngestResult),
     Tokens(Tokens),
+    Recorded,
+    /// Whether the delivery went back to pending.
+    Retried(bool),
+    /// Deliveries enqueued.
+    Replayed(u64),
 }
 
 type ReplyTo = oneshot::Sender<Result<Output, StoreError>>;
@@ -41,28 +52,14 @@ pub(super) struct WriterHandle {
 }
 
 impl WriterHandle {
-    pub async fn ingest(&self, request: IngestRequest) -> Result<IngestResult, StoreError> {
-        match self.call(Step::Ingest(Box::new(request))).await? {
-            Output::Ingest(result) => Ok(result),
-            Output::Tokens(_) => Err(mismatch()),
-        }
-    }
-
-    pub async fn tokens(&self) -> Result<Tokens, StoreError> {
-        match self.call(Step::Tokens).await? {
-            Output::Tokens(tokens) => Ok(tokens),
-            Output::Ingest(_) => Err(mismatch()),
-        }
+    pub async fn call(&self, step: Step) -> Result<Output, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx.send((step, reply)).await.map_err(|_| closed())?;
+        answer.await.map_err(|_| closed())?
     }
 
     pub fn is_closed(&self) -> bool {
         self.tx.is_closed()
-    }
-
-    async fn call(&self, step: Step) -> Result<Output, StoreError> {
-        let (reply, answer) = oneshot::channel();
-        self.tx.send((step, reply)).await.map_err(|_| closed())?;
-        answer.await.map_err(|_| closed())?
     }
 }
 
@@ -70,79 +67,131 @@ fn closed() -> StoreError {
     StoreError::Unavailable("the database writer has stopped".into())
 }
 
-fn mismatch() -> StoreError {
+/// The writer answered with another kind of output than the step asks for.
+pub(super) fn mismatch() -> StoreError {
     StoreError::Unavailable("the database writer answered another request".into())
 }
 
-pub(super) fn spawn(conn: SqliteConnection, max_batch: usize) -> (WriterHandle, JoinHandle<()>) {
+struct Writer {
+    conn: SqliteConnection,
+    routes: Arc<Vec<SinkRoute>>,
+    /// Bumped after each commit that made deliveries due.
+    outbox: watch::Sender<u64>,
+}
+
+pub(super) fn spawn(
+    conn: SqliteConnection,
+    max_batch: usize,
+    routes: Arc<Vec<SinkRoute>>,
+    outbox: watch::Sender<u64>,
+) -> (WriterHandle, JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-    let task = tokio::spawn(run(conn, rx, max_batch));
+    let writer = Writer {
+        conn,
+        routes,
+        outbox,
+    };
+    let task = tokio::spawn(writer.run(rx, max_batch));
     (WriterHandle { tx }, task)
 }
 
-async fn run(
-    mut conn: SqliteConnection,
-    mut rx: mpsc::Receiver<(Step, ReplyTo)>,
-    max_batch: usize,
-) {
-    let mut batch = Vec::with_capacity(max_batch);
-    while rx.recv_many(&mut batch, max_batch).await > 0 {
-        let started = std::time::Instant::now();
-        let size = batch.len();
-        commit_batch(&mut conn, &mut batch).await;
-        tracing::debug!(
-            size,
-            elapsed_us = started.elapsed().as_micros() as u64,
-            "batch committed"
-        );
+impl Writer {
+    async fn run(mut self, mut rx: mpsc::Receiver<(Step, ReplyTo)>, max_batch: usize) {
+        let mut batch = Vec::with_capacity(max_batch);
+        while rx.recv_many(&mut batch, max_batch).await > 0 {
+            let started = std::time::Instant::now();
+            let size = batch.len();
+            self.commit_batch(&mut batch).await;
+            tracing::debug!(
+                size,
+                elapsed_us = started.elapsed().as_micros() as u64,
+                "batch committed"
+            );
+        }
+        if let Err(e) = self.conn.close().await {
+            tracing::warn!(error = %e, "closing the database failed");
+        }
     }
-    if let Err(e) = conn.close().await {
-        tracing::warn!(error = %e, "closing the database failed");
+
+    /// Runs every step of `batch` in one transaction and answers them all
+    /// once it is committed (or all with 503 when it cannot be).
+    async fn commit_batch(&mut self, batch: &mut Vec<(Step, ReplyTo)>) {
+        let routes = Arc::clone(&self.routes);
+        let mut tx = match Connection::begin(&mut self.conn).await {
+            Ok(tx) => tx,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot begin a write transaction; answering 503");
+                for (_, reply) in batch.drain(..) {
+                    let _ = reply.send(Err(unavailable(e.to_string())));
+                }
+                return;
+            }
+        };
+        let mut ingests = Vec::new();
+        let mut replies: Vec<(ReplyTo, Result<Output, StoreError>)> =
+            Vec::with_capacity(batch.len());
+        for (step, reply) in batch.drain(..) {
+            match step {
+                Step::Ingest(request) => ingests.push((request, reply)),
+                other => {
+                    let result = in_savepoint(&mut tx, Work::Single(other), &routes).await;
+                    replies.push((reply, result.map_err(StoreError::from).and_then(one)));
+                }
+            }
+        }
+        let requests: Vec<&IngestRequest> = ingests.iter().map(|(r, _)| r.as_ref()).collect();
+        let results = store_webhooks(&mut tx, &requests, &routes).await;
+        replies.extend(ingests.into_iter().map(|(_, reply)| reply).zip(results));
+
+        let committed = tx.commit().await;
+        if let Err(e) = &committed {
+            tracing::error!(error = %e, requests = replies.len(), "commit failed; answering 503");
+        }
+        let mut outbox_changed = false;
+        for (reply, result) in replies {
+            let result = match &committed {
+                Ok(()) => result,
+                Err(e) => Err(unavailable(e.to_string())),
+            };
+            outbox_changed |= matches!(
+                &result,
+                Ok(Output::Ingest(IngestResult {
+                    deliveries: 1..,
+                    ..
+                }) | Output::Retried(true)
+                    | Output::Replayed(1..))
+            );
+            // A caller that went away (its client disconnected) no longer
+            // needs the answer; what it asked for is committed regardless.
+            let _ = reply.send(result);
+        }
+        if outbox_changed {
+            self.outbox
+                .send_modify(|generation| *generation = generation.wrapping_add(1));
+        }
     }
 }
 
-/// Runs every step of `batch` in one transaction and answers them all once
-/// it is committed (or all with 503 when it cannot be).
-async fn commit_batch(conn: &mut SqliteConnection, batch: &mut Vec<(Step, ReplyTo)>) {
-    let mut tx = match Connection::begin(conn).await {
-        Ok(tx) => tx,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot begin a write transaction; answering 503");
-            for (_, reply) in batch.drain(..) {
-                let _ = reply.send(Err(unavailable(e.to_string())));
-            }
-            return;
-        }
-    };
-    let mut ingests = Vec::new();
-    let mut replies: Vec<(ReplyTo, Result<Output, StoreError>)> = Vec::with_capacity(batch.len());
-    for (step, reply) in batch.drain(..) {
-        match step {
-            Step::Ingest(request) => ingests.push((request, reply)),
-            Step::Tokens => {
-                let result = match in_savepoint(&mut tx, Work::Tokens).await {
-                    Ok(Done::Tokens(tokens)) => Ok(Output::Tokens(tokens)),
-                    Ok(Done::Ingest(_)) => Err(mismatch()),
-                    Err(e) => Err(e.into()),
-                };
-                replies.push((reply, result));
-            }
-        }
+/// Stores a batch of webhooks together, or one by one when a constraint
+/// refuses the batch.
+async fn store_webhooks(
+    tx: &mut Transaction<'_, Sqlite>,
+    requests: &[&IngestRequest],
+    routes: &[SinkRoute],
+) -> Vec<Result<Output, StoreError>> {
+    if requests.is_empty() {
+        return Vec::new();
     }
-    let requests: Vec<&IngestRequest> = ingests.iter().map(|(r, _)| r.as_ref()).collect();
-    let results = match in_savepoint(&mut tx, Work::Ingest(&requests)).await {
-        Ok(Done::Ingest(results)) => results.into_iter().map(|r| Ok(Output::Ingest(r))).collect(),
-        Ok(Done::Tokens(_)) => requests.iter().map(|_| Err(mismatch())).collect(),
-        // The schema refused part of the batch: store each request on its
-        // own, so only the one at fault is refused.
+    match in_savepoint(tx, Work::Webhooks(requests), routes).await {
+        Ok(Done::Webhooks(results)) => results.into_iter().map(|r| Ok(Output::Ingest(r))).collect(),
+        Ok(Done::Single(_)) => requests.iter().map(|_| Err(mismatch())).collect(),
         Err(Failure::Refused(e)) => {
             tracing::warn!(error = %e, "the schema refused a batch; storing its requests one by one");
             let mut results = Vec::with_capacity(requests.len());
-            for request in &requests {
+            for request in requests {
                 let one = [*request];
-                let result = in_savepoint(&mut tx, Work::Ingest(&one)).await;
-                results.push(match result {
-                    Ok(Done::Ingest(mut stored)) if stored.len() == 1 => {
+                results.push(match in_savepoint(tx, Work::Webhooks(&one), routes).await {
+                    Ok(Done::Webhooks(mut stored)) if stored.len() == 1 => {
                         Ok(Output::Ingest(stored.remove(0)))
                     }
                     Ok(_) => Err(mismatch()),
@@ -156,23 +205,15 @@ async fn commit_batch(conn: &mut SqliteConnection, batch: &mut Vec<(Step, ReplyT
             requests
                 .iter()
                 .map(|_| Err(unavailable(e.to_string())))
-                .collect::<Vec<_>>()
+                .collect()
         }
-    };
-    replies.extend(ingests.into_iter().map(|(_, reply)| reply).zip(results));
-
-    let committed = tx.commit().await;
-    if let Err(e) = &committed {
-        tracing::error!(error = %e, requests = replies.len(), "commit failed; answering 503");
     }
-    for (reply, result) in replies {
-        let result = match &committed {
-            Ok(()) => result,
-            Err(e) => Err(unavailable(e.to_string())),
-        };
-        // A caller that went away (its client disconnected) no longer needs
-        // the answer; what it asked for is committed regardless.
-        let _ = reply.send(result);
+}
+
+fn one(done: Done) -> Result<Output, StoreError> {
+    match done {
+        Done::Single(output) => Ok(output),
+        Done::Webhooks(_) => Err(mismatch()),
     }
 }
 
@@ -197,27 +238,30 @@ impl From<Failure> for StoreError {
 
 /// What runs in one savepoint.
 enum Work<'a> {
-    Ingest(&'a [&'a IngestRequest]),
-    Tokens,
+    Webhooks(&'a [&'a IngestRequest]),
+    Single(Step),
 }
 
 enum Done {
-    Ingest(Vec<IngestResult>),
-    Tokens(Tokens),
+    Webhooks(Vec<IngestResult>),
+    Single(Output),
 }
 
 /// Runs `work` in a savepoint of `tx`, rolled back alone when it fails.
-async fn in_savepoint(tx: &mut Transaction<'_, Sqlite>, work: Work<'_>) -> Result<Done, Failure> {
+async fn in_savepoint(
+    tx: &mut Transaction<'_, Sqlite>,
+    work: Work<'_>,
+    routes: &[SinkRoute],
+) -> Result<Done, Failure> {
     let mut savepoint = Acquire::begin(&mut **tx)
         .await
         .map_err(Failure::Unavailable)?;
+    let conn: &mut SqliteConnection = &mut savepoint;
     let result = match work {
-        Work::Ingest(requests) => ingest::execute_batch(&mut savepoint, requests)
+        Work::Webhooks(requests) => ingest::execute_batch(conn, requests, routes)
             .await
-            .map(Done::Ingest),
-        Work::Tokens => tokens::load_or_generate(&mut savepoint)
-            .await
-            .map(Done::Tokens),
+            .map(Done::Webhooks),
+        Work::Single(step) => run_step(conn, step, routes).await.map(Done::Single),
     };
     match result {
         Ok(done) => {
@@ -235,6 +279,29 @@ async fn in_savepoint(tx: &mut Transaction<'_, Sqlite>, work: Work<'_>) -> Resul
             })
         }
     }
+}
+
+async fn run_step(
+    conn: &mut SqliteConnection,
+    step: Step,
+    routes: &[SinkRoute],
+) -> Result<Output, sqlx::Error> {
+    Ok(match step {
+        Step::Ingest(request) => {
+            let mut results = ingest::execute_batch(conn, &[request.as_ref()], routes).await?;
+            match results.pop() {
+                Some(result) => Output::Ingest(result),
+                None => return Err(sqlx::Error::RowNotFound),
+            }
+        }
+        Step::Tokens => Output::Tokens(tokens::load_or_generate(conn).await?),
+        Step::RecordAttempt(record) => {
+            outbox::record_attempt(conn, &record).await?;
+            Output::Recorded
+        }
+        Step::RetryDelivery(id) => Output::Retried(outbox::retry(conn, id).await?),
+        Step::Replay(request) => Output::Replayed(outbox::replay(conn, &request, routes).await?),
+    })
 }
 
 fn unavailable(message: String) -> StoreError {

@@ -2,6 +2,10 @@
 //! environment. Unknown keys are an error that names them. Secrets are held in
 //! [`Secret`], which never prints its value.
 
+mod sinks;
+
+pub use sinks::{DeliverySettings, SINK_KINDS, SinkSettings, SinkUrl};
+
 use figment::{
     Figment,
     providers::{Env, Format, Serialized, Toml},
@@ -42,6 +46,8 @@ pub struct Settings {
     pub api: TokenSettings,
     pub segmind: SegmindSettings,
     pub log: LogSettings,
+    pub delivery: DeliverySettings,
+    pub sinks: Vec<SinkSettings>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -288,7 +294,13 @@ impl Settings {
                 self.segmind.base_url
             ));
         }
-        Ok(())
+        if tracing_subscriber::EnvFilter::try_new(&self.log.filter).is_err() {
+            return invalid(format!(
+                "log.filter: `{}` is not a valid filter",
+                self.log.filter
+            ));
+        }
+        sinks::validate(&self.delivery, &self.sinks)
     }
 
     /// The settings as TOML, secrets shown as `[redacted]`.

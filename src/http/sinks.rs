@@ -1,0 +1,79 @@
+//! `GET /v1/sinks` and `POST /v1/sinks/{name}/replay`.
+
+use super::{AppState, error::ApiError, json::ApiJson};
+use crate::store::{ReplayRequest, SinkHealth};
+use axum::{
+    Json,
+    extract::{Path, State},
+};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Serialize)]
+pub struct SinkView {
+    name: String,
+    kind: String,
+    /// The statuses forwarded; `null` forwards every status.
+    statuses: Option<Vec<String>>,
+    #[serde(flatten)]
+    health: SinkHealth,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SinkList {
+    sinks: Vec<SinkView>,
+}
+
+pub async fn list(State(state): State<AppState>) -> Result<Json<SinkList>, ApiError> {
+    let mut health = state.store.sink_health().await?;
+    let sinks = state
+        .sinks
+        .iter()
+        .map(|s| SinkView {
+            name: s.name.clone(),
+            kind: s.kind.clone(),
+            statuses: s
+                .status_filter()
+                .map(|list| list.iter().map(|st| st.as_str().to_owned()).collect()),
+            health: health.remove(&s.name).unwrap_or_default(),
+        })
+        .collect();
+    Ok(Json(SinkList { sinks }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayBody {
+    since: String,
+    finetune_id: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Replayed {
+    enqueued: u64,
+}
+
+pub async fn replay(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    ApiJson(body): ApiJson<ReplayBody>,
+) -> Result<Json<Replayed>, ApiError> {
+    if !state.sinks.iter().any(|s| s.name == name) {
+        return Err(ApiError::NotFound(format!("no sink named `{name}`")));
+    }
+    let since = chrono::DateTime::parse_from_rfc3339(&body.since).map_err(|_| {
+        ApiError::bad_request(
+            "invalid_body",
+            "`since` must be an RFC 3339 time, such as 2026-01-01T00:00:00Z",
+        )
+    })?;
+    let since = crate::time::rfc3339(since.with_timezone(&chrono::Utc));
+    let enqueued = state
+        .store
+        .replay(ReplayRequest {
+            sink: name,
+            since,
+            finetune_id: body.finetune_id,
+        })
+        .await?;
+    Ok(Json(Replayed { enqueued }))
+}

@@ -1,0 +1,392 @@
+//! The outbox: delivery rows written with the transitions they carry, the
+//! attempts made on them, and the reads the delivery workers and the API
+//! need.
+
+use super::{Store, StoreError};
+use crate::domain::Status;
+use serde::Serialize;
+use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
+use std::collections::BTreeMap;
+
+const CHUNK: usize = 500;
+
+/// A configured sink as the store sees it: its name and its status filter.
+#[derive(Debug, Clone)]
+pub struct SinkRoute {
+    pub name: String,
+    /// `None` forwards every status.
+    pub statuses: Option<Vec<Status>>,
+}
+
+impl SinkRoute {
+    pub fn wants(&self, status: &Status) -> bool {
+        self.statuses
+            .as_ref()
+            .is_none_or(|list| list.contains(status))
+    }
+}
+
+/// A delivery to create, due at once.
+#[derive(Debug, Clone)]
+pub struct NewDelivery {
+    pub sink: String,
+    pub event_id: String,
+    pub finetune_id: String,
+}
+
+pub(super) async fn insert_deliveries(
+    conn: &mut SqliteConnection,
+    deliveries: &[NewDelivery],
+    now: &str,
+) -> Result<(), sqlx::Error> {
+    for chunk in deliveries.chunks(CHUNK) {
+        let mut query = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO deliveries (sink, event_id, finetune_id, status, next_attempt_at, created_at) ",
+        );
+        query.push_values(chunk, |mut row, d| {
+            row.push_bind(d.sink.clone())
+                .push_bind(d.event_id.clone())
+                .push_bind(d.finetune_id.clone())
+                .push_bind("pending")
+                .push_bind(now.to_owned())
+                .push_bind(now.to_owned());
+        });
+        query.build().execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// What became of a delivery after an attempt.
+#[derive(Debug, Clone)]
+pub enum NextStep {
+    Delivered,
+    RetryAt(String),
+    Dead,
+}
+
+/// One attempt, as the worker saw it.
+#[derive(Debug, Clone)]
+pub struct AttemptRecord {
+    pub delivery_id: i64,
+    pub started_at: String,
+    pub finished_at: String,
+    pub duration_ms: i64,
+    pub status_code: Option<i64>,
+    pub exit_code: Option<i64>,
+    pub error: Option<String>,
+    pub response: Option<String>,
+    pub next: NextStep,
+}
+
+pub(super) async fn record_attempt(
+    conn: &mut SqliteConnection,
+    r: &AttemptRecord,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO delivery_attempts (delivery_id, started_at, duration_ms, status_code, exit_code, error, response)
+         VALUES (?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(r.delivery_id)
+    .bind(&r.started_at)
+    .bind(r.duration_ms)
+    .bind(r.status_code)
+    .bind(r.exit_code)
+    .bind(&r.error)
+    .bind(&r.response)
+    .execute(&mut *conn)
+    .await?;
+    let (status, next_at, delivered_at) = match &r.next {
+        NextStep::Delivered => ("delivered", None, Some(r.finished_at.as_str())),
+        NextStep::RetryAt(at) => ("pending", Some(at.as_str()), None),
+        NextStep::Dead => ("dead", None, None),
+    };
+    sqlx::query(
+        "UPDATE deliveries SET status = ?, attempts = attempts + 1, retry_step = retry_step + 1,
+            next_attempt_at = COALESCE(?, next_attempt_at), delivered_at = COALESCE(?, delivered_at),
+            last_error = ?, last_status_code = ?, last_attempt_at = ?
+         WHERE id = ? AND status = 'pending'",
+    )
+    .bind(status)
+    .bind(next_at)
+    .bind(delivered_at)
+    .bind(&r.error)
+    .bind(r.status_code.or(r.exit_code))
+    .bind(&r.started_at)
+    .bind(r.delivery_id)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Puts a dead or delivered delivery back to pending, due now, with a fresh
+/// retry schedule. False when it is unknown or already pending.
+pub(super) async fn retry(conn: &mut SqliteConnection, id: i64) -> Result<bool, sqlx::Error> {
+    let updated = sqlx::query(
+        "UPDATE deliveries SET status = 'pending', retry_step = 0, next_attempt_at = ?
+         WHERE id = ? AND status IN ('dead', 'delivered')",
+    )
+    .bind(crate::time::now_rfc3339())
+    .bind(id)
+    .execute(&mut *conn)
+    .await?;
+    Ok(updated.rows_affected() == 1)
+}
+
+/// Past events to send again to one sink.
+#[derive(Debug, Clone)]
+pub struct ReplayRequest {
+    pub sink: String,
+    pub since: String,
+    pub finetune_id: Option<String>,
+}
+
+/// Enqueues new deliveries of the events since `since` (that the sink's
+/// filter takes) to the sink; returns how many.
+pub(super) async fn replay(
+    conn: &mut SqliteConnection,
+    request: &ReplayRequest,
+    routes: &[SinkRoute],
+) -> Result<u64, sqlx::Error> {
+    let Some(route) = routes.iter().find(|r| r.name == request.sink) else {
+        return Ok(0);
+    };
+    let now = crate::time::now_rfc3339();
+    let mut query = QueryBuilder::<Sqlite>::new(
+        "INSERT INTO deliveries (sink, event_id, finetune_id, status, next_attempt_at, created_at) SELECT ",
+    );
+    query
+        .push_bind(route.name.clone())
+        .push(", event_id, finetune_id, 'pending', ")
+        .push_bind(now.clone())
+        .push(", ")
+        .push_bind(now)
+        .push(" FROM transitions WHERE observed_at >= ")
+        .push_bind(request.since.clone());
+    if let Some(id) = &request.finetune_id {
+        query.push(" AND finetune_id = ").push_bind(id.clone());
+    }
+    if let Some(statuses) = &route.statuses {
+        if statuses.is_empty() {
+            return Ok(0);
+        }
+        query.push(" AND to_status IN (");
+        let mut list = query.separated(", ");
+        for status in statuses {
+            list.push_bind(status.as_str().to_owned());
+        }
+        list.push_unseparated(")");
+    }
+    query.push(" ORDER BY id");
+    Ok(query.build().execute(&mut *conn).await?.rows_affected())
+}
+
+/// A delivery due for an attempt, with the event it carries.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct DueDelivery {
+    pub id: i64,
+    pub event_id: String,
+    pub finetune_id: String,
+    pub retry_step: i64,
+    pub event: String,
+    pub to_status: String,
+    pub from_status: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct DeliveryRow {
+    pub id: i64,
+    pub sink: String,
+    pub event_id: String,
+    pub finetune_id: String,
+    pub status: String,
+    pub attempts: i64,
+    pub next_attempt_at: Option<String>,
+    pub last_error: Option<String>,
+    pub last_status_code: Option<i64>,
+    pub delivered_at: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct AttemptRow {
+    pub started_at: String,
+    pub duration_ms: i64,
+    pub status_code: Option<i64>,
+    pub exit_code: Option<i64>,
+    pub error: Option<String>,
+    pub response: Option<String>,
+}
+
+/// Which deliveries to list: newest first, older than `before_id`.
+#[derive(Debug, Clone, Default)]
+pub struct DeliveryFilter {
+    pub status: Option<String>,
+    pub sink: Option<String>,
+    pub finetune_id: Option<String>,
+    pub limit: u32,
+    pub before_id: Option<i64>,
+}
+
+/// A sink's health as the outbox shows it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SinkHealth {
+    pub pending: i64,
+    pub dead: i64,
+    pub last_success: Option<String>,
+    pub last_failure: Option<String>,
+}
+
+/// One delivery of a transition, as shown on the job.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct TransitionDelivery {
+    #[serde(skip)]
+    pub event_id: String,
+    pub id: i64,
+    pub sink: String,
+    pub status: String,
+    pub attempts: i64,
+}
+
+const DELIVERY_COLUMNS: &str = "id, sink, event_id, finetune_id, status, attempts,
+    CASE WHEN status = 'pending' THEN next_attempt_at END AS next_attempt_at,
+    last_error, last_status_code, delivered_at";
+
+impl Store {
+    /// Deliveries to `sink` due at `now`, oldest first, leaving out any
+    /// whose job has an earlier delivery to the same sink still pending.
+    pub async fn due_deliveries(
+        &self,
+        sink: &str,
+        now: &str,
+        limit: u32,
+    ) -> Result<Vec<DueDelivery>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT d.id, d.event_id, d.finetune_id, d.retry_step, t.event, t.to_status, t.from_status
+             FROM deliveries d JOIN transitions t ON t.event_id = d.event_id
+             WHERE d.sink = ?1 AND d.status = 'pending' AND d.next_attempt_at <= ?2
+               AND NOT EXISTS (
+                   SELECT 1 FROM deliveries e
+                   WHERE e.sink = ?1 AND e.status = 'pending'
+                     AND e.finetune_id = d.finetune_id AND e.id < d.id)
+             ORDER BY d.next_attempt_at, d.id LIMIT ?3",
+        )
+        .bind(sink)
+        .bind(now)
+        .bind(i64::from(limit))
+        .fetch_all(&self.reads)
+        .await?)
+    }
+
+    /// When the next pending delivery to `sink` after `now` falls due.
+    pub async fn next_due_after(
+        &self,
+        sink: &str,
+        now: &str,
+    ) -> Result<Option<String>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT MIN(next_attempt_at) FROM deliveries
+             WHERE sink = ? AND status = 'pending' AND next_attempt_at > ?",
+        )
+        .bind(sink)
+        .bind(now)
+        .fetch_one(&self.reads)
+        .await?)
+    }
+
+    pub async fn deliveries(
+        &self,
+        filter: &DeliveryFilter,
+    ) -> Result<(Vec<DeliveryRow>, Option<i64>), StoreError> {
+        let mut query = QueryBuilder::<Sqlite>::new(format!(
+            "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE 1 = 1"
+        ));
+        if let Some(status) = &filter.status {
+            query.push(" AND status = ").push_bind(status.clone());
+        }
+        if let Some(sink) = &filter.sink {
+            query.push(" AND sink = ").push_bind(sink.clone());
+        }
+        if let Some(id) = &filter.finetune_id {
+            query.push(" AND finetune_id = ").push_bind(id.clone());
+        }
+        if let Some(before) = filter.before_id {
+            query.push(" AND id < ").push_bind(before);
+        }
+        query
+            .push(" ORDER BY id DESC LIMIT ")
+            .push_bind(i64::from(filter.limit) + 1);
+        let mut rows: Vec<DeliveryRow> = query.build_query_as().fetch_all(&self.reads).await?;
+        let next = if rows.len() > filter.limit as usize {
+            rows.truncate(filter.limit as usize);
+            rows.last().map(|r| r.id)
+        } else {
+            None
+        };
+        Ok((rows, next))
+    }
+
+    pub async fn delivery(&self, id: i64) -> Result<Option<DeliveryRow>, StoreError> {
+        let sql = format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE id = ?");
+        Ok(sqlx::query_as(&sql)
+            .bind(id)
+            .fetch_optional(&self.reads)
+            .await?)
+    }
+
+    pub async fn attempts(&self, delivery_id: i64) -> Result<Vec<AttemptRow>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT started_at, duration_ms, status_code, exit_code, error, response
+             FROM delivery_attempts WHERE delivery_id = ? ORDER BY id",
+        )
+        .bind(delivery_id)
+        .fetch_all(&self.reads)
+        .await?)
+    }
+
+    /// Pending and dead counts and the last success and failure, per sink.
+    pub async fn sink_health(&self) -> Result<BTreeMap<String, SinkHealth>, StoreError> {
+        let rows: Vec<(String, i64, i64, Option<String>)> = sqlx::query_as(
+            "SELECT sink, SUM(status = 'pending'), SUM(status = 'dead'), MAX(delivered_at)
+             FROM deliveries GROUP BY sink",
+        )
+        .fetch_all(&self.reads)
+        .await?;
+        let mut health: BTreeMap<String, SinkHealth> = rows
+            .into_iter()
+            .map(|(sink, pending, dead, last_success)| {
+                (
+                    sink,
+                    SinkHealth {
+                        pending,
+                        dead,
+                        last_success,
+                        last_failure: None,
+                    },
+                )
+            })
+            .collect();
+        let failures: Vec<(String, Option<String>)> = sqlx::query_as(
+            "SELECT d.sink, MAX(a.started_at) FROM delivery_attempts a
+             JOIN deliveries d ON d.id = a.delivery_id
+             WHERE a.error IS NOT NULL GROUP BY d.sink",
+        )
+        .fetch_all(&self.reads)
+        .await?;
+        for (sink, at) in failures {
+            health.entry(sink).or_default().last_failure = at;
+        }
+        Ok(health)
+    }
+
+    /// Every delivery of a job's transitions.
+    pub async fn job_deliveries(
+        &self,
+        finetune_id: &str,
+    ) -> Result<Vec<TransitionDelivery>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT event_id, id, sink, status, attempts FROM deliveries WHERE finetune_id = ? ORDER BY id",
+        )
+        .bind(finetune_id)
+        .fetch_all(&self.reads)
+        .await?)
+    }
+}
