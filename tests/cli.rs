@@ -336,3 +336,97 @@ async fn a_new_user_runs_serve_registers_the_printed_url_and_sees_the_job() {
     let (status, _) = server.terminate(Duration::from_secs(20));
     assert!(status.success());
 }
+
+#[test]
+fn sink_mistakes_are_errors_naming_the_sink_and_the_key() {
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("sinks.toml");
+    let cases = [
+        (
+            "[[sinks]]\nname = \"a\"\nkind = \"http\"\nurl = \"http://x\"\n[[sinks]]\nname = \"a\"\nkind = \"file\"\npath = \"x\"\n",
+            "sink `a`",
+            "name",
+        ),
+        (
+            "[[sinks]]\nname = \"b\"\nkind = \"pigeon\"\n",
+            "sink `b`",
+            "kind",
+        ),
+        (
+            "[[sinks]]\nname = \"c\"\nkind = \"slack\"\n",
+            "sink `c`",
+            "url",
+        ),
+        (
+            "[[sinks]]\nname = \"d\"\nkind = \"http\"\nurl = \"http://x\"\nsecret = \"whsec_%%%not-base64\"\n",
+            "sink `d`",
+            "secret",
+        ),
+        (
+            "[[sinks]]\nname = \"e\"\nkind = \"file\"\n",
+            "sink `e`",
+            "path",
+        ),
+        (
+            "[[sinks]]\nname = \"f\"\nkind = \"command\"\n",
+            "sink `f`",
+            "program",
+        ),
+        (
+            "[[sinks]]\nname = \"Bad Name\"\nkind = \"file\"\npath = \"x\"\n",
+            "Bad Name",
+            "name",
+        ),
+        (
+            "[[sinks]]\nname = \"g\"\nkind = \"http\"\nurl = \"http://x\"\ncolour = \"red\"\n",
+            "colour",
+            "colour",
+        ),
+    ];
+    for (text, sink, key) in cases {
+        std::fs::write(&file, text).expect("write");
+        let (ok, _, err) = run(tunehook(dir.path())
+            .arg("--config")
+            .arg(&file)
+            .arg("check-config"));
+        assert!(!ok, "accepted:\n{text}");
+        assert!(err.contains(sink) && err.contains(key), "{err}");
+        assert!(
+            !err.contains("%%%not-base64"),
+            "the secret is not echoed: {err}"
+        );
+    }
+}
+
+#[test]
+fn check_config_shows_sinks_without_their_secrets() {
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("sinks.toml");
+    std::fs::write(
+        &file,
+        "[delivery]\nretry_schedule = [\"1s\", \"2m\"]\n\n[[sinks]]\nname = \"backend\"\nkind = \"http\"\nurl = \"https://example.com/hooks/x\"\nsecret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\nheaders = { authorization = \"Bearer hdr-secret\" }\n\n[[sinks]]\nname = \"team\"\nkind = \"slack\"\nurl = \"https://hooks.slack.com/services/T0/B0/slack-secret\"\n",
+    )
+    .expect("write");
+    let (ok, out, err) = run(tunehook(dir.path())
+        .arg("--config")
+        .arg(&file)
+        .arg("check-config"));
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("name = \"backend\"") && out.contains("name = \"team\""),
+        "{out}"
+    );
+    assert!(
+        out.contains("retry_schedule = [\n    \"1s\",\n    \"2m\",\n]") || out.contains("\"2m\""),
+        "{out}"
+    );
+    for secret in [
+        "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        "hdr-secret",
+        "slack-secret",
+        "/hooks/x",
+    ] {
+        assert!(!out.contains(secret), "{secret} shown:\n{out}");
+    }
+    assert!(out.contains("https://hooks.slack.com/"), "{out}");
+}

@@ -201,12 +201,10 @@ pub fn validate(delivery: &DeliverySettings, sinks: &[SinkSettings]) -> Result<(
                 "{label}: secret must be `whsec_` followed by base64 (Standard Webhooks)"
             ));
         }
-        for (header, _) in &sink.headers {
+        for (header, value) in &sink.headers {
             if axum::http::HeaderName::from_bytes(header.as_bytes()).is_err() {
                 return invalid(format!("{label}: headers: `{header}` is not a header name"));
             }
-        }
-        for (header, value) in &sink.headers {
             if axum::http::HeaderValue::from_str(value.expose()).is_err() {
                 return invalid(format!(
                     "{label}: headers: the value of `{header}` is not a valid header value"

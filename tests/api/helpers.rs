@@ -15,6 +15,7 @@ pub struct TestApp {
     pub api_token: String,
     pub client: reqwest::Client,
     pub dir: TempDir,
+    pub settings: Settings,
     shutdown: CancellationToken,
     handle: JoinHandle<anyhow::Result<()>>,
 }
@@ -41,7 +42,9 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
 }
 
 async fn start(settings: Settings, dir: TempDir) -> TestApp {
-    let app = Application::build(settings).await.expect("the app starts");
+    let app = Application::build(settings.clone())
+        .await
+        .expect("the app starts");
     let addr = app.local_addr();
     let ingest_token = app.ingest_token().expose().to_owned();
     let api_token = app.api_token().expose().to_owned();
@@ -57,6 +60,7 @@ async fn start(settings: Settings, dir: TempDir) -> TestApp {
         api_token,
         client,
         dir,
+        settings,
         shutdown,
         handle,
     }
@@ -129,11 +133,47 @@ impl TestApp {
         self.dir
     }
 
-    /// Stops the app and starts a new one on the same database.
+    /// Stops the app and starts a new one on the same database and settings.
     pub async fn restart(self) -> TestApp {
+        self.restart_with(|_| {}).await
+    }
+
+    /// Stops the app and starts a new one on the same database, after
+    /// `adjust` has changed its settings.
+    pub async fn restart_with(self, adjust: impl FnOnce(&mut Settings)) -> TestApp {
+        let mut settings = self.settings.clone();
         let dir = self.stop().await;
-        let settings = test_settings(dir.path());
+        adjust(&mut settings);
         start(settings, dir).await
+    }
+
+    /// POSTs an API path with the API token and a JSON body.
+    pub async fn post_api(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        let response = self
+            .client
+            .post(self.url(path))
+            .bearer_auth(&self.api_token)
+            .json(&body)
+            .send()
+            .await
+            .expect("the API request completes");
+        read(response).await
+    }
+
+    /// Polls `GET path` until `done` accepts the body, for at most 15 s.
+    pub async fn wait_for(&self, path: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let (_, body) = self.get(path).await;
+            if done(&body) {
+                return body;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for {what}: {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 

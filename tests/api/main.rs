@@ -1,6 +1,8 @@
 //! Integration tests: each starts a real tunehook with a fresh database and
 //! talks to it over HTTP on 127.0.0.1.
 
+mod delivery;
+mod fake_sink;
 mod helpers;
 mod jobs_api;
 mod lifecycle;
