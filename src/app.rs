@@ -6,6 +6,7 @@ use crate::{
     config::{Secret, Settings},
     delivery::{self, Sink},
     http::{self, AppState},
+    reconcile::Reconciler,
     store::Store,
 };
 use anyhow::Context;
@@ -18,6 +19,7 @@ pub struct Application {
     router: axum::Router,
     store: Store,
     sinks: Vec<Arc<Sink>>,
+    reconciler: Arc<Reconciler>,
     writer: JoinHandle<()>,
     shutdown: CancellationToken,
     shutdown_timeout: Duration,
@@ -48,8 +50,12 @@ impl Application {
             .await
             .with_context(|| format!("cannot listen on {}", settings.server.listen))?;
         let sinks = delivery::build_sinks(&settings.delivery, &settings.sinks);
+        let reconciler = Arc::new(Reconciler::new(&settings, store.clone()));
         let state = AppState::new(http::Inner {
             store: store.clone(),
+            reconciler: Arc::clone(&reconciler),
+            started: std::time::Instant::now(),
+            started_at: crate::time::now_rfc3339(),
             sinks: settings.sinks.clone(),
             ingest_token: ingest_token.clone(),
             api_token: api_token.clone(),
@@ -60,6 +66,7 @@ impl Application {
             router: http::router(state, settings.server.request_timeout),
             store,
             sinks,
+            reconciler,
             writer,
             shutdown: CancellationToken::new(),
             shutdown_timeout: settings.server.shutdown_timeout,
@@ -105,6 +112,8 @@ impl Application {
             self.shutdown_timeout,
         ));
         drop(self.store);
+        let reconciler = tokio::spawn(Arc::clone(&self.reconciler).run(shutdown.clone()));
+        drop(self.reconciler);
         let serve = axum::serve(self.listener, self.router)
             .with_graceful_shutdown(shutdown.clone().cancelled_owned())
             .into_future();
@@ -118,6 +127,13 @@ impl Application {
                     Err(_) => tracing::warn!("requests still in flight at the shutdown timeout were dropped"),
                 }
             }
+        }
+        // A pass in flight finishes; no new one starts.
+        if tokio::time::timeout(self.shutdown_timeout, reconciler)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the reconciler did not stop in time");
         }
         // Attempts in flight finish (or stay pending) within the timeout.
         if tokio::time::timeout(self.shutdown_timeout, deliveries)

@@ -36,6 +36,9 @@ pub enum Command {
     /// Print the webhook path to register in the Segmind console, and the API token.
     #[command(after_help = "Example:\n  tunehook tokens")]
     Tokens,
+    /// Run one reconcile pass against Segmind's API, print its summary and exit.
+    #[command(after_help = "Example:\n  SEGMIND_API_KEY=SG_... tunehook reconcile")]
+    Reconcile,
     /// POST a Segmind-shaped webhook to URL and print the response.
     #[command(
         after_help = "Example:\n  tunehook send-test-event http://127.0.0.1:8080/webhooks/segmind/TOKEN \\\n    --event AVAILABLE --finetune-id ft_123 --name my-model"
@@ -82,6 +85,7 @@ pub async fn run(cli: Cli) -> ExitCode {
             Ok(())
         }
         Command::Tokens => tokens(settings).await,
+        Command::Reconcile => reconcile(settings).await,
         Command::SendTestEvent {
             url,
             event,
@@ -137,6 +141,21 @@ async fn migrate(settings: Settings) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot migrate {}", settings.database.url))?;
     println!("{count} migration(s) applied to {}", settings.database.url);
+    Ok(())
+}
+
+async fn reconcile(settings: Settings) -> anyhow::Result<()> {
+    let routes = crate::delivery::routes(&settings.sinks);
+    let (store, writer) = Store::open(&settings.database, routes)
+        .await
+        .with_context(|| format!("cannot open the database at {}", settings.database.url))?;
+    let reconciler = crate::reconcile::Reconciler::new(&settings, store.clone());
+    let result = reconciler.run_pass().await;
+    drop(reconciler);
+    drop(store);
+    writer.await.context("the database writer failed")?;
+    let report = result?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
 }
 

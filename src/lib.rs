@@ -20,6 +20,8 @@ pub mod config;
 pub mod delivery;
 pub mod domain;
 pub mod http;
+pub mod reconcile;
+pub mod segmind;
 pub mod store;
 pub mod telemetry;
 pub mod time;

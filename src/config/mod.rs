@@ -46,8 +46,29 @@ pub struct Settings {
     pub api: TokenSettings,
     pub segmind: SegmindSettings,
     pub log: LogSettings,
+    pub reconcile: ReconcileSettings,
     pub delivery: DeliverySettings,
     pub sinks: Vec<SinkSettings>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReconcileSettings {
+    /// Time between passes over Segmind's job list.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Wait after start before the first pass.
+    #[serde(with = "humantime_serde")]
+    pub initial_delay: Duration,
+}
+
+impl Default for ReconcileSettings {
+    fn default() -> Self {
+        ReconcileSettings {
+            interval: Duration::from_secs(120),
+            initial_delay: Duration::from_secs(5),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -125,6 +146,9 @@ pub struct SegmindSettings {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub api_key: Option<Secret>,
     pub base_url: String,
+    /// Limit for one call to Segmind's API.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
 }
 
 impl Default for SegmindSettings {
@@ -132,6 +156,7 @@ impl Default for SegmindSettings {
         SegmindSettings {
             api_key: None,
             base_url: "https://api.segmind.com".into(),
+            timeout: Duration::from_secs(30),
         }
     }
 }
@@ -293,6 +318,9 @@ impl Settings {
                 "segmind.base_url: `{}` is not an http(s) URL",
                 self.segmind.base_url
             ));
+        }
+        if self.reconcile.interval.is_zero() || self.segmind.timeout.is_zero() {
+            return invalid("reconcile.interval and segmind.timeout must be greater than 0".into());
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log.filter).is_err() {
             return invalid(format!(

@@ -20,6 +20,11 @@ pub struct JobView<'a> {
     pub error_message: Option<&'a str>,
     pub created_ts: Option<&'a str>,
     pub updated_ts: Option<&'a str>,
+    pub theme: Option<&'a str>,
+    pub train_type: Option<&'a str>,
+    pub source_type: Option<&'a str>,
+    pub data_source_path: Option<&'a str>,
+    pub public_model: Option<bool>,
     pub first_seen_at: &'a str,
     pub updated_at: &'a str,
 }
@@ -39,6 +44,11 @@ impl<'a> From<&'a Job> for JobView<'a> {
             error_message: f.error_message.as_deref(),
             created_ts: f.created_ts.as_deref(),
             updated_ts: f.updated_ts.as_deref(),
+            theme: f.theme.as_deref(),
+            train_type: f.train_type.as_deref(),
+            source_type: f.source_type.as_deref(),
+            data_source_path: f.data_source_path.as_deref(),
+            public_model: f.public_model,
             first_seen_at: &job.first_seen_at,
             updated_at: &job.updated_at,
         }
@@ -107,6 +117,9 @@ mod tests {
             first_seen_at: "t0".into(),
             updated_at: "t1".into(),
             recorded: Default::default(),
+            webhook_status: None,
+            segmind_status: None,
+            segmind_seen_at: None,
         };
         let event: Value = serde_json::from_str(&status_changed(
             "tr_1",

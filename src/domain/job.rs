@@ -19,14 +19,24 @@ pub struct JobFields {
     pub error_message: Option<String>,
     pub created_ts: Option<String>,
     pub updated_ts: Option<String>,
+    pub theme: Option<String>,
+    pub train_type: Option<String>,
+    pub source_type: Option<String>,
+    pub data_source_path: Option<String>,
+    /// Whether the model is public on Segmind.
+    pub public_model: Option<bool>,
 }
 
 impl JobFields {
     fn pairs<'a>(
         &'a mut self,
         other: &'a JobFields,
-    ) -> [(&'a mut Option<String>, &'a Option<String>); 9] {
+    ) -> [(&'a mut Option<String>, &'a Option<String>); 13] {
         [
+            (&mut self.theme, &other.theme),
+            (&mut self.train_type, &other.train_type),
+            (&mut self.source_type, &other.source_type),
+            (&mut self.data_source_path, &other.data_source_path),
             (&mut self.name, &other.name),
             (&mut self.base_model, &other.base_model),
             (&mut self.slug, &other.slug),
@@ -41,7 +51,10 @@ impl JobFields {
 
     /// Takes every field `newer` carries. Returns whether anything changed.
     pub fn take_newer(&mut self, newer: &JobFields) -> bool {
-        let mut changed = false;
+        let mut changed = newer.public_model.is_some() && self.public_model != newer.public_model;
+        if changed {
+            self.public_model = newer.public_model;
+        }
         for (mine, theirs) in self.pairs(newer) {
             if theirs.is_some() && mine != theirs {
                 mine.clone_from(theirs);
@@ -53,7 +66,10 @@ impl JobFields {
 
     /// Fills only the fields that are empty here. Returns whether anything changed.
     pub fn fill_empty(&mut self, other: &JobFields) -> bool {
-        let mut changed = false;
+        let mut changed = self.public_model.is_none() && other.public_model.is_some();
+        if changed {
+            self.public_model = other.public_model;
+        }
         for (mine, theirs) in self.pairs(other) {
             if mine.is_none() && theirs.is_some() {
                 mine.clone_from(theirs);
@@ -74,6 +90,22 @@ pub struct Job {
     pub updated_at: String,
     /// Every status ever recorded for the job: each is recorded once.
     pub recorded: BTreeSet<Status>,
+    /// The last status a webhook reported that the job took (or already had).
+    pub webhook_status: Option<Status>,
+    /// The last status Segmind's own API reported, and when.
+    pub segmind_status: Option<Status>,
+    pub segmind_seen_at: Option<String>,
+}
+
+impl Job {
+    /// A finished model whose URLs tunehook does not know yet.
+    pub fn lacks_details(&self) -> bool {
+        let f = &self.fields;
+        self.status.as_str() == "AVAILABLE"
+            && f.trained_model_url.is_none()
+            && f.inference_api_url.is_none()
+            && f.cloud_storage_url.is_none()
+    }
 }
 
 /// One sighting of a job's status.
@@ -100,9 +132,12 @@ pub struct Effect {
 /// the state rules: the job moves only when `rules::decide` says so and the
 /// status was never recorded for it; otherwise the observation may still fill
 /// the job's empty fields, such as a late TRAINING_COMPLETED bringing
-/// `trained_model_url` to an AVAILABLE job.
+/// `trained_model_url` to an AVAILABLE job. Segmind's own API (source
+/// `reconcile`) is trusted for fields: its values replace stored ones
+/// whatever the status does.
 pub fn observe(job: &mut Option<Job>, obs: &Observation<'_>) -> Effect {
     let Some(current) = job else {
+        let from_webhook = obs.source == Source::Webhook;
         *job = Some(Job {
             finetune_id: obs.finetune_id.to_owned(),
             status: obs.status.clone(),
@@ -110,6 +145,9 @@ pub fn observe(job: &mut Option<Job>, obs: &Observation<'_>) -> Effect {
             first_seen_at: obs.observed_at.to_owned(),
             updated_at: obs.observed_at.to_owned(),
             recorded: BTreeSet::from([obs.status.clone()]),
+            webhook_status: from_webhook.then(|| obs.status.clone()),
+            segmind_status: (!from_webhook).then(|| obs.status.clone()),
+            segmind_seen_at: (!from_webhook).then(|| obs.observed_at.to_owned()),
         });
         return Effect {
             decision: Decision::Apply,
@@ -122,17 +160,32 @@ pub fn observe(job: &mut Option<Job>, obs: &Observation<'_>) -> Effect {
     if decision == Decision::Apply && current.recorded.contains(obs.status) {
         decision = Decision::Stale;
     }
-    let changed = match decision {
-        Decision::Apply => {
+    let mut changed = match (decision, obs.source) {
+        (Decision::Apply, _) => {
             current.status = obs.status.clone();
             current.recorded.insert(obs.status.clone());
             current.fields.take_newer(obs.fields);
             true
         }
-        Decision::Duplicate | Decision::Stale => current.fields.fill_empty(obs.fields),
+        (_, Source::Reconcile) => current.fields.take_newer(obs.fields),
+        (_, Source::Webhook) => current.fields.fill_empty(obs.fields),
     };
     if changed {
         current.updated_at = obs.observed_at.to_owned();
+    }
+    match obs.source {
+        Source::Webhook if decision != Decision::Stale => {
+            changed |= current.webhook_status.as_ref() != Some(obs.status);
+            current.webhook_status = Some(obs.status.clone());
+        }
+        Source::Webhook => {}
+        Source::Reconcile => {
+            // Bookkeeping: asking Segmind does not make the job "updated".
+            changed |= current.segmind_status.as_ref() != Some(obs.status)
+                || current.segmind_seen_at.as_deref() != Some(obs.observed_at);
+            current.segmind_status = Some(obs.status.clone());
+            current.segmind_seen_at = Some(obs.observed_at.to_owned());
+        }
     }
     Effect {
         decision,

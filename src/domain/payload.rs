@@ -78,6 +78,7 @@ impl Payload {
                 error_message: text("error_message"),
                 created_ts: scalar("created_ts"),
                 updated_ts: scalar("updated_ts"),
+                ..JobFields::default()
             },
             event_id: scalar("event_id"),
             timestamp: scalar("timestamp"),

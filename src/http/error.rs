@@ -17,6 +17,9 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// Segmind failed; the message is Segmind's, never ours.
+    #[error("{message}")]
+    Upstream { code: &'static str, message: String },
     #[error("{message}")]
     BadRequest { code: &'static str, message: String },
     #[error("the body is larger than {limit} bytes")]
@@ -40,6 +43,7 @@ impl ApiError {
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ApiError::Upstream { code, .. } => (StatusCode::BAD_GATEWAY, code),
             ApiError::BadRequest { code, .. } => (StatusCode::BAD_REQUEST, code),
             ApiError::PayloadTooLarge { .. } => {
                 (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")

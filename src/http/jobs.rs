@@ -12,19 +12,21 @@ use crate::{
 use axum::{
     Json,
     extract::{Path, State},
+    response::{IntoResponse, Response},
 };
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Deserialize)]
 pub struct ListParams {
     status: Option<String>,
+    drift: Option<String>,
     limit: Option<String>,
     cursor: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
-pub struct JobList {
-    jobs: Vec<JobRow>,
+pub struct JobList<T> {
+    jobs: Vec<T>,
     next_cursor: Option<String>,
 }
 
@@ -46,7 +48,27 @@ pub struct TransitionDetail {
 pub async fn list(
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<ListParams>,
-) -> Result<Json<JobList>, ApiError> {
+) -> Result<Response, ApiError> {
+    match query.drift.as_deref() {
+        None | Some("" | "false") => {}
+        Some("true") => {
+            let jobs = state
+                .store
+                .drifting_jobs(params::limit(query.limit.as_deref())?)
+                .await?;
+            return Ok(Json(JobList {
+                jobs,
+                next_cursor: None,
+            })
+            .into_response());
+        }
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "invalid_parameter",
+                "`drift` must be true or false",
+            ));
+        }
+    }
     let status = match query.status.as_deref().filter(|s| !s.is_empty()) {
         None => None,
         Some(raw) => Some(
@@ -73,7 +95,8 @@ pub async fn list(
         next_cursor: page
             .next
             .map(|(at, id)| params::encode_job_cursor(&at, &id)),
-    }))
+    })
+    .into_response())
 }
 
 pub async fn get(

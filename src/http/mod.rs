@@ -6,6 +6,7 @@
 //! - `GET /v1/receipts`: `receipts`
 //! - `GET /v1/sinks`, `POST /v1/sinks/{name}/replay`: `sinks`
 //! - `GET /v1/deliveries`, `GET /v1/deliveries/{id}`, `POST /v1/deliveries/{id}/retry`: `deliveries`
+//! - `GET /v1/status`, `POST /v1/reconcile`: `status`
 //! - `GET /healthz`, `GET /readyz`: `health`
 
 pub mod auth;
@@ -17,10 +18,12 @@ pub mod json;
 pub mod params;
 pub mod receipts;
 pub mod sinks;
+pub mod status;
 pub mod webhooks;
 
 use crate::{
     config::{Secret, SinkSettings},
+    reconcile::Reconciler,
     store::Store,
 };
 use axum::{
@@ -50,6 +53,9 @@ pub struct Inner {
     pub store: Store,
     /// The configured sinks, as `GET /v1/sinks` shows them.
     pub sinks: Vec<SinkSettings>,
+    pub reconciler: Arc<Reconciler>,
+    pub started: std::time::Instant,
+    pub started_at: String,
     pub ingest_token: Secret,
     pub api_token: Secret,
     pub max_body_bytes: usize,
@@ -78,6 +84,8 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
         .route("/deliveries", get(deliveries::list))
         .route("/deliveries/{id}", get(deliveries::get))
         .route("/deliveries/{id}/retry", post(deliveries::retry))
+        .route("/status", get(status::status))
+        .route("/reconcile", post(status::reconcile))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_api_token,

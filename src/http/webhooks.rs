@@ -59,6 +59,9 @@ pub async fn receive(
         body: body.to_vec(),
     };
     let result = state.store.ingest(request).await?;
+    if let (true, Some(id)) = (result.needs_details, &result.finetune_id) {
+        state.reconciler.enrich(id);
+    }
     tracing::info!(
         receipt_id = result.receipt_id,
         finetune_id = result.finetune_id.as_deref().unwrap_or("-"),

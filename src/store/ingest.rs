@@ -5,11 +5,8 @@
 //! statements. The writer runs this inside its batch transaction, so the
 //! receipts, the jobs and the transitions commit together.
 
-use super::{
-    jobs::{self, NewTransition},
-    outbox::{self, NewDelivery, SinkRoute},
-};
-use crate::domain::{Decision, Observation, Payload, Source, event, observe};
+use super::{outbox::SinkRoute, plan::Planner};
+use crate::domain::{Decision, Job, Observation, Payload, Source};
 use serde::Serialize;
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 use std::collections::BTreeSet;
@@ -78,6 +75,9 @@ pub struct IngestResult {
     pub transition_id: Option<String>,
     /// Deliveries enqueued for that transition, one per matching sink.
     pub deliveries: usize,
+    /// The job is new, or finished without its URLs: worth asking Segmind
+    /// for its details.
+    pub needs_details: bool,
 }
 
 /// Stores `requests` in order; answers one result per request.
@@ -90,7 +90,7 @@ pub(super) async fn execute_batch(
         .iter()
         .filter_map(|r| observable(r).map(|(id, _)| id))
         .collect();
-    let mut known = jobs::load(conn, &named).await?;
+    let mut planner = Planner::load(conn, &named, routes).await?;
     // The single writer is the only one inserting receipts, so ids can be
     // assigned here and used by the transitions that refer to them.
     let next_id: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) + 1 FROM receipts")
@@ -98,9 +98,6 @@ pub(super) async fn execute_batch(
         .await?;
 
     let mut results = Vec::with_capacity(requests.len());
-    let mut transitions = Vec::new();
-    let mut deliveries = Vec::new();
-    let mut changed = BTreeSet::new();
     for (receipt_id, request) in (next_id..).zip(requests) {
         let mut result = IngestResult {
             receipt_id,
@@ -110,6 +107,7 @@ pub(super) async fn execute_batch(
             previous_status: None,
             transition_id: None,
             deliveries: 0,
+            needs_details: false,
         };
         match &request.payload {
             Err(_) => result.outcome = Outcome::Invalid,
@@ -127,61 +125,31 @@ pub(super) async fn execute_batch(
                 source: Source::Webhook,
                 observed_at: &request.received_at,
             };
-            let job = known.entry(finetune_id.to_owned()).or_default();
-            let effect = observe(job, &observation);
-            if effect.changed {
-                changed.insert(finetune_id);
-            }
-            result.previous_status = effect.previous.map(|s| s.as_str().to_owned());
-            result.outcome = match effect.decision {
+            let planned = planner.observe(&observation, Some(receipt_id));
+            result.previous_status = planned
+                .effect
+                .previous
+                .as_ref()
+                .map(|s| s.as_str().to_owned());
+            result.outcome = match planned.effect.decision {
                 Decision::Apply => Outcome::Applied,
                 Decision::Duplicate => Outcome::Duplicate,
                 Decision::Stale => Outcome::Stale,
             };
-            if let (Decision::Apply, Some(job)) = (effect.decision, job.as_ref()) {
-                let event_id = jobs::new_transition_id();
-                let event = event::status_changed(
-                    &event_id,
-                    &request.received_at,
-                    result.previous_status.as_deref(),
-                    Source::Webhook.as_str(),
-                    job,
-                );
-                for route in routes.iter().filter(|r| r.wants(status)) {
-                    deliveries.push(NewDelivery {
-                        sink: route.name.clone(),
-                        event_id: event_id.clone(),
-                        finetune_id: finetune_id.to_owned(),
-                    });
-                    result.deliveries += 1;
-                }
-                let transition = NewTransition {
-                    event_id,
-                    finetune_id: finetune_id.to_owned(),
-                    from_status: result.previous_status.clone(),
-                    to_status: status.as_str().to_owned(),
-                    source: Source::Webhook,
-                    observed_at: request.received_at.clone(),
-                    receipt_id: Some(receipt_id),
-                    event,
-                };
-                result.transition_id = Some(transition.event_id.clone());
-                transitions.push(transition);
-            }
+            result.transition_id = planned.transition_id;
+            result.deliveries = planned.deliveries;
+            result.needs_details = planner.job(finetune_id).is_some_and(Job::lacks_details)
+                || planned.effect.previous.is_none();
         }
         results.push(result);
     }
 
     insert_receipts(conn, requests, &results).await?;
-    let changed: Vec<_> = changed
-        .iter()
-        .filter_map(|id| known.get(*id).and_then(Option::as_ref))
-        .collect();
-    jobs::upsert(conn, &changed).await?;
-    jobs::insert_transitions(conn, &transitions).await?;
-    if let Some(first) = requests.first() {
-        outbox::insert_deliveries(conn, &deliveries, &first.received_at).await?;
-    }
+    let now = requests
+        .first()
+        .map(|r| r.received_at.clone())
+        .unwrap_or_default();
+    planner.write(conn, &now).await?;
     Ok(results)
 }
 

@@ -40,7 +40,8 @@ pub async fn load(
         let mut query = QueryBuilder::<Sqlite>::new(
             "SELECT finetune_id, status, name, base_model, slug, trained_model_url,
                     inference_api_url, cloud_storage_url, error_message, created_ts, updated_ts,
-                    first_seen_at, updated_at
+                    theme, train_type, source_type, data_source_path, public_model,
+                    webhook_status, segmind_status, segmind_seen_at, first_seen_at, updated_at
              FROM jobs WHERE finetune_id IN (",
         );
         push_list(&mut query, chunk);
@@ -58,10 +59,22 @@ pub async fn load(
                     error_message: row.try_get("error_message")?,
                     created_ts: row.try_get("created_ts")?,
                     updated_ts: row.try_get("updated_ts")?,
+                    theme: row.try_get("theme")?,
+                    train_type: row.try_get("train_type")?,
+                    source_type: row.try_get("source_type")?,
+                    data_source_path: row.try_get("data_source_path")?,
+                    public_model: row.try_get("public_model")?,
                 },
                 first_seen_at: row.try_get("first_seen_at")?,
                 updated_at: row.try_get("updated_at")?,
                 recorded: BTreeSet::new(),
+                webhook_status: row
+                    .try_get::<Option<&str>, _>("webhook_status")?
+                    .map(Status::from_stored),
+                segmind_status: row
+                    .try_get::<Option<&str>, _>("segmind_status")?
+                    .map(Status::from_stored),
+                segmind_seen_at: row.try_get("segmind_seen_at")?,
                 finetune_id: id.clone(),
             };
             jobs.insert(id, Some(job));
@@ -97,7 +110,9 @@ pub async fn upsert(conn: &mut SqliteConnection, jobs: &[&Job]) -> Result<(), sq
         let mut query = QueryBuilder::<Sqlite>::new(
             "INSERT INTO jobs (finetune_id, status, status_rank, name, base_model, slug,
                 trained_model_url, inference_api_url, cloud_storage_url, error_message,
-                created_ts, updated_ts, first_seen_at, updated_at) ",
+                created_ts, updated_ts, theme, train_type, source_type, data_source_path,
+                public_model, webhook_status, segmind_status, segmind_seen_at,
+                first_seen_at, updated_at) ",
         );
         query.push_values(chunk, |mut row, job| {
             let f = &job.fields;
@@ -113,6 +128,14 @@ pub async fn upsert(conn: &mut SqliteConnection, jobs: &[&Job]) -> Result<(), sq
                 .push_bind(f.error_message.clone())
                 .push_bind(f.created_ts.clone())
                 .push_bind(f.updated_ts.clone())
+                .push_bind(f.theme.clone())
+                .push_bind(f.train_type.clone())
+                .push_bind(f.source_type.clone())
+                .push_bind(f.data_source_path.clone())
+                .push_bind(f.public_model)
+                .push_bind(job.webhook_status.as_ref().map(|s| s.as_str().to_owned()))
+                .push_bind(job.segmind_status.as_ref().map(|s| s.as_str().to_owned()))
+                .push_bind(job.segmind_seen_at.clone())
                 .push_bind(job.first_seen_at.clone())
                 .push_bind(job.updated_at.clone());
         });
@@ -125,6 +148,10 @@ pub async fn upsert(conn: &mut SqliteConnection, jobs: &[&Job]) -> Result<(), sq
                 cloud_storage_url = excluded.cloud_storage_url,
                 error_message = excluded.error_message,
                 created_ts = excluded.created_ts, updated_ts = excluded.updated_ts,
+                theme = excluded.theme, train_type = excluded.train_type,
+                source_type = excluded.source_type, data_source_path = excluded.data_source_path,
+                public_model = excluded.public_model, webhook_status = excluded.webhook_status,
+                segmind_status = excluded.segmind_status, segmind_seen_at = excluded.segmind_seen_at,
                 updated_at = excluded.updated_at",
         );
         query.build().execute(&mut *conn).await?;

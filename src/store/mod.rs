@@ -10,17 +10,20 @@ mod ingest;
 mod jobs;
 mod models;
 mod outbox;
+mod plan;
 mod queries;
+mod reconcile;
 mod tokens;
 mod writer;
 
 pub use ingest::{IngestRequest, IngestResult, Outcome};
-pub use models::{JobRow, JobsPage, ReceiptRow, TransitionRow};
+pub use models::{DriftRow, JobRow, JobsPage, ReceiptRow, TransitionRow};
 pub use outbox::{
     AttemptRecord, AttemptRow, DeliveryFilter, DeliveryRow, DueDelivery, NextStep, ReplayRequest,
     SinkHealth, SinkRoute, TransitionDelivery,
 };
 pub use queries::{JobFilter, ReceiptFilter};
+pub use reconcile::{ReconcileSummary, RemoteObservation};
 pub use tokens::Tokens;
 
 use crate::config::{DatabaseSettings, Synchronous};
@@ -132,6 +135,22 @@ impl Store {
     pub async fn replay(&self, request: ReplayRequest) -> Result<u64, StoreError> {
         match self.writer.call(Step::Replay(Box::new(request))).await? {
             Output::Replayed(count) => Ok(count),
+            _ => Err(mismatch()),
+        }
+    }
+
+    /// Applies what Segmind's API reported about these jobs, under the same
+    /// rules as webhooks (source `reconcile`).
+    pub async fn reconcile(
+        &self,
+        observations: Vec<RemoteObservation>,
+    ) -> Result<ReconcileSummary, StoreError> {
+        match self
+            .writer
+            .call(Step::Reconcile(Box::new(observations)))
+            .await?
+        {
+            Output::Reconciled(summary) => Ok(summary),
             _ => Err(mismatch()),
         }
     }

@@ -16,8 +16,24 @@ pub struct JobRow {
     pub error_message: Option<String>,
     pub created_ts: Option<String>,
     pub updated_ts: Option<String>,
+    pub theme: Option<String>,
+    pub train_type: Option<String>,
+    pub source_type: Option<String>,
+    pub data_source_path: Option<String>,
+    pub public_model: Option<bool>,
     pub first_seen_at: String,
     pub updated_at: String,
+}
+
+/// A job whose last known Segmind status differs from what webhooks said.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct DriftRow {
+    #[serde(flatten)]
+    #[sqlx(flatten)]
+    pub job: JobRow,
+    pub segmind_status: Option<String>,
+    pub webhook_status: Option<String>,
+    pub segmind_seen_at: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]

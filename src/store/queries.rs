@@ -1,10 +1,11 @@
 //! Reads for the API, on the read-only pool.
 
-use super::{JobRow, JobsPage, ReceiptRow, Store, StoreError, TransitionRow};
+use super::{DriftRow, JobRow, JobsPage, ReceiptRow, Store, StoreError, TransitionRow};
 use sqlx::{QueryBuilder, Sqlite};
 
 const JOB_COLUMNS: &str = "finetune_id, name, status, base_model, slug, trained_model_url,
     inference_api_url, cloud_storage_url, error_message, created_ts, updated_ts,
+    theme, train_type, source_type, data_source_path, public_model,
     first_seen_at, updated_at";
 
 /// Which jobs to list: most recently updated first, after `after`.
@@ -70,6 +71,29 @@ impl Store {
             None
         };
         Ok(JobsPage { jobs, next })
+    }
+
+    /// Jobs whose last known Segmind status differs from what webhooks
+    /// said (or where no webhook said anything), most recently updated first.
+    pub async fn drifting_jobs(&self, limit: u32) -> Result<Vec<DriftRow>, StoreError> {
+        let sql = format!(
+            "SELECT {JOB_COLUMNS}, segmind_status, webhook_status, segmind_seen_at FROM jobs
+             WHERE segmind_status IS NOT NULL AND segmind_status IS NOT webhook_status
+             ORDER BY updated_at DESC, finetune_id DESC LIMIT ?"
+        );
+        Ok(sqlx::query_as(&sql)
+            .bind(i64::from(limit))
+            .fetch_all(&self.reads)
+            .await?)
+    }
+
+    /// Ids of the jobs not in a terminal status.
+    pub async fn unfinished_job_ids(&self) -> Result<Vec<String>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT finetune_id FROM jobs WHERE status_rank < 100 ORDER BY finetune_id",
+        )
+        .fetch_all(&self.reads)
+        .await?)
     }
 
     pub async fn receipts(

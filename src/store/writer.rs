@@ -13,6 +13,7 @@ use super::{
     StoreError,
     ingest::{self, IngestRequest, IngestResult},
     outbox::{self, AttemptRecord, ReplayRequest, SinkRoute},
+    reconcile::{self, ReconcileSummary, RemoteObservation},
     tokens::{self, Tokens},
 };
 use sqlx::{Acquire, Connection, SqliteConnection, Transaction, sqlite::Sqlite};
@@ -32,6 +33,7 @@ pub(super) enum Step {
     RecordAttempt(Box<AttemptRecord>),
     RetryDelivery(i64),
     Replay(Box<ReplayRequest>),
+    Reconcile(Box<Vec<RemoteObservation>>),
 }
 
 pub(super) enum Output {
@@ -42,6 +44,7 @@ pub(super) enum Output {
     Retried(bool),
     /// Deliveries enqueued.
     Replayed(u64),
+    Reconciled(ReconcileSummary),
 }
 
 type ReplyTo = oneshot::Sender<Result<Output, StoreError>>;
@@ -159,7 +162,11 @@ impl Writer {
                     deliveries: 1..,
                     ..
                 }) | Output::Retried(true)
-                    | Output::Replayed(1..))
+                    | Output::Replayed(1..)
+                    | Output::Reconciled(ReconcileSummary {
+                        deliveries: 1..,
+                        ..
+                    }))
             );
             // A caller that went away (its client disconnected) no longer
             // needs the answer; what it asked for is committed regardless.
@@ -301,6 +308,9 @@ async fn run_step(
         }
         Step::RetryDelivery(id) => Output::Retried(outbox::retry(conn, id).await?),
         Step::Replay(request) => Output::Replayed(outbox::replay(conn, &request, routes).await?),
+        Step::Reconcile(observations) => {
+            Output::Reconciled(reconcile::apply(conn, &observations, routes).await?)
+        }
     })
 }
 

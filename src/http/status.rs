@@ -1,0 +1,66 @@
+//! `GET /v1/status` (what the service is doing, and whether Segmind is
+//! reachable) and `POST /v1/reconcile` (run a pass now).
+
+use super::{AppState, error::ApiError};
+use crate::reconcile::{PassError, PassReport, ReconcileState};
+use axum::{Json, extract::State};
+use serde::Serialize;
+
+#[derive(Debug, Serialize)]
+pub struct Status {
+    version: &'static str,
+    started_at: String,
+    uptime_seconds: u64,
+    /// Where Segmind's console should send webhooks (`tunehook tokens`
+    /// prints the full URL).
+    webhook_path: &'static str,
+    reconciler: ReconcileState,
+    sinks: Vec<SinkCounts>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SinkCounts {
+    name: String,
+    pending: i64,
+    dead: i64,
+}
+
+pub async fn status(State(state): State<AppState>) -> Result<Json<Status>, ApiError> {
+    let mut health = state.store.sink_health().await?;
+    let sinks = state
+        .sinks
+        .iter()
+        .map(|s| {
+            let h = health.remove(&s.name).unwrap_or_default();
+            SinkCounts {
+                name: s.name.clone(),
+                pending: h.pending,
+                dead: h.dead,
+            }
+        })
+        .collect();
+    Ok(Json(Status {
+        version: env!("CARGO_PKG_VERSION"),
+        started_at: state.started_at.clone(),
+        uptime_seconds: state.started.elapsed().as_secs(),
+        webhook_path: "/webhooks/segmind/{ingest token}",
+        reconciler: state.reconciler.state(),
+        sinks,
+    }))
+}
+
+pub async fn reconcile(State(state): State<AppState>) -> Result<Json<PassReport>, ApiError> {
+    state
+        .reconciler
+        .run_pass()
+        .await
+        .map(Json)
+        .map_err(|e| match e {
+            PassError::Disabled => ApiError::Conflict(e.to_string()),
+            PassError::Store(e) => e.into(),
+            PassError::Segmind(e) => ApiError::Upstream {
+                code: PassError::Segmind(e.clone()).kind(),
+                message: e.to_string(),
+            },
+        })
+}
