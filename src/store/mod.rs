@@ -145,11 +145,7 @@ impl Store {
         &self,
         observations: Vec<RemoteObservation>,
     ) -> Result<ReconcileSummary, StoreError> {
-        match self
-            .writer
-            .call(Step::Reconcile(Box::new(observations)))
-            .await?
-        {
+        match self.writer.call(Step::Reconcile(observations)).await? {
             Output::Reconciled(summary) => Ok(summary),
             _ => Err(mismatch()),
         }

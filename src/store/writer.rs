@@ -33,7 +33,7 @@ pub(super) enum Step {
     RecordAttempt(Box<AttemptRecord>),
     RetryDelivery(i64),
     Replay(Box<ReplayRequest>),
-    Reconcile(Box<Vec<RemoteObservation>>),
+    Reconcile(Vec<RemoteObservation>),
 }
 
 pub(super) enum Output {

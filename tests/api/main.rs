@@ -2,9 +2,12 @@
 //! talks to it over HTTP on 127.0.0.1.
 
 mod delivery;
+mod fake_segmind;
 mod fake_sink;
 mod helpers;
 mod jobs_api;
 mod lifecycle;
 mod receipts_api;
+mod reconcile;
+mod segmind_client;
 mod webhooks;

@@ -1,0 +1,279 @@
+//! A fake Segmind API: a real HTTP server on 127.0.0.1, port 0, that checks
+//! what Segmind requires (method, path, the `x-api-key` header, the JSON
+//! body on its GET endpoints) and answers as the test sets it up.
+
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::{Multipart, State},
+    http::{HeaderMap, Method, StatusCode, Uri},
+    response::{IntoResponse, Response},
+    routing::{get, post, put},
+};
+use serde_json::{Value, json};
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+pub const API_KEY: &str = "SG_test_key";
+
+/// How the list endpoint answers.
+#[derive(Debug, Clone)]
+pub enum ListAnswer {
+    Jobs,
+    Status {
+        status: u16,
+        body: String,
+        retry_after: Option<u64>,
+    },
+    Garbage,
+    Hang,
+}
+
+#[derive(Debug, Clone)]
+pub struct Call {
+    pub method: Method,
+    pub path: String,
+    pub body: Value,
+    pub at: Instant,
+}
+
+#[derive(Default)]
+struct Inner {
+    jobs: Vec<Value>,
+    details: HashMap<String, Value>,
+    answers: Vec<ListAnswer>,
+    calls: Vec<Call>,
+    access: Vec<(String, String)>,
+}
+
+#[derive(Clone, Default)]
+struct Shared(Arc<Mutex<Inner>>);
+
+pub struct FakeSegmind {
+    pub addr: SocketAddr,
+    shared: Shared,
+}
+
+impl FakeSegmind {
+    pub async fn start() -> FakeSegmind {
+        let shared = Shared::default();
+        let app = Router::new()
+            .route("/finetune/request/submit", post(submit))
+            .route("/finetune/request/details", get(details))
+            .route("/finetune/request/list", get(list))
+            .route("/finetune/request/upload/pre-signed-url", get(presigned))
+            .route("/finetune/request/access-update", put(access_update))
+            .fallback(|method: Method, uri: Uri| async move {
+                (StatusCode::NOT_FOUND, format!("no route {method} {uri}"))
+            })
+            .with_state(shared.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        FakeSegmind { addr, shared }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut Inner) -> T) -> T {
+        let mut inner = self.shared.0.lock().expect("lock");
+        f(&mut inner)
+    }
+
+    /// The jobs the list endpoint returns.
+    pub fn set_jobs(&self, jobs: Vec<Value>) {
+        self.with(|i| i.jobs = jobs);
+    }
+
+    /// A job only the details endpoint knows.
+    pub fn set_details(&self, id: &str, job: Value) {
+        self.with(|i| i.details.insert(id.to_owned(), job));
+    }
+
+    /// The next answers of the list endpoint, in order; then `Jobs`.
+    pub fn answer_list(&self, answers: Vec<ListAnswer>) {
+        self.with(|i| i.answers = answers);
+    }
+
+    pub fn calls(&self, path: &str) -> Vec<Call> {
+        self.with(|i| {
+            i.calls
+                .iter()
+                .filter(|c| c.path.ends_with(path))
+                .cloned()
+                .collect()
+        })
+    }
+
+    pub fn access_updates(&self) -> Vec<(String, String)> {
+        self.with(|i| i.access.clone())
+    }
+}
+
+fn unauthorized(headers: &HeaderMap) -> Option<Response> {
+    let key = headers.get("x-api-key").and_then(|v| v.to_str().ok());
+    (key != Some(API_KEY)).then(|| {
+        (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({"error": "Invalid API key"})),
+        )
+            .into_response()
+    })
+}
+
+fn record(shared: &Shared, method: Method, path: &str, body: &Bytes) -> Value {
+    let body: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    if let Ok(mut inner) = shared.0.lock() {
+        inner.calls.push(Call {
+            method,
+            path: path.to_owned(),
+            body: body.clone(),
+            at: Instant::now(),
+        });
+    }
+    body
+}
+
+fn bad_request(message: &str) -> Response {
+    (StatusCode::BAD_REQUEST, Json(json!({"error": message}))).into_response()
+}
+
+async fn submit(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+    let body = record(&shared, Method::POST, "/finetune/request/submit", &body);
+    if let Some(refused) = unauthorized(&headers) {
+        return refused;
+    }
+    for key in [
+        "name",
+        "data_source_path",
+        "instance_prompt",
+        "trigger_word",
+        "base_model",
+        "theme",
+        "segmind_public",
+        "advance_parameters",
+    ] {
+        if body.get(key).is_none() {
+            return bad_request(&format!("missing {key}"));
+        }
+    }
+    Json(json!({"status": "REQUESTED", "request_id": "new-job-1", "name": body["name"]}))
+        .into_response()
+}
+
+async fn details(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+    let body = record(&shared, Method::GET, "/finetune/request/details", &body);
+    if let Some(refused) = unauthorized(&headers) {
+        return refused;
+    }
+    let Some(id) = body["request_id"].as_str() else {
+        return bad_request("request_id is required in the body");
+    };
+    let job = shared
+        .0
+        .lock()
+        .ok()
+        .and_then(|i| i.details.get(id).cloned());
+    match job {
+        Some(job) => Json(json!({"finetune": job})).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": "Finetune request not found"})),
+        )
+            .into_response(),
+    }
+}
+
+async fn list(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+    record(&shared, Method::GET, "/finetune/request/list", &body);
+    if let Some(refused) = unauthorized(&headers) {
+        return refused;
+    }
+    let (answer, jobs) = {
+        let mut inner = match shared.0.lock() {
+            Ok(inner) => inner,
+            Err(_) => return StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+        };
+        let answer = if inner.answers.is_empty() {
+            ListAnswer::Jobs
+        } else {
+            inner.answers.remove(0)
+        };
+        (answer, inner.jobs.clone())
+    };
+    match answer {
+        ListAnswer::Jobs => Json(Value::Array(jobs)).into_response(),
+        ListAnswer::Status {
+            status,
+            body,
+            retry_after,
+        } => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            match retry_after {
+                Some(s) => (status, [("retry-after", s.to_string())], body).into_response(),
+                None => (status, body).into_response(),
+            }
+        }
+        ListAnswer::Garbage => (StatusCode::OK, "<html>not json</html>").into_response(),
+        ListAnswer::Hang => {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            Json(Value::Array(jobs)).into_response()
+        }
+    }
+}
+
+async fn presigned(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+    let body = record(
+        &shared,
+        Method::GET,
+        "/finetune/request/upload/pre-signed-url",
+        &body,
+    );
+    if let Some(refused) = unauthorized(&headers) {
+        return refused;
+    }
+    let Some(name) = body["name"].as_str() else {
+        return bad_request("name is required in the body");
+    };
+    Json(json!({
+        "presigned_url": format!("https://uploads.example/{name}?X-Amz-Signature=abc"),
+        "s3_url": format!("https://uploads.example/{name}")
+    }))
+    .into_response()
+}
+
+async fn access_update(
+    State(shared): State<Shared>,
+    headers: HeaderMap,
+    mut form: Multipart,
+) -> Response {
+    record(
+        &shared,
+        Method::PUT,
+        "/finetune/request/access-update",
+        &Bytes::new(),
+    );
+    if let Some(refused) = unauthorized(&headers) {
+        return refused;
+    }
+    let mut fields = HashMap::new();
+    while let Ok(Some(field)) = form.next_field().await {
+        let name = field.name().unwrap_or_default().to_owned();
+        fields.insert(name, field.text().await.unwrap_or_default());
+    }
+    let (Some(id), Some(public)) = (fields.get("request_id"), fields.get("segmind_public")) else {
+        return bad_request("request_id and segmind_public are required form fields");
+    };
+    if let Ok(mut inner) = shared.0.lock() {
+        inner.access.push((id.clone(), public.clone()));
+    }
+    (StatusCode::OK, "200").into_response()
+}
