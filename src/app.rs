@@ -29,6 +29,7 @@ pub struct Application {
 
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+        crate::telemetry::metrics::install();
         let (store, writer) = Store::open(&settings.database, delivery::routes(&settings.sinks))
             .await
             .with_context(|| format!("cannot open the database at {}", settings.database.url))?;
@@ -56,6 +57,10 @@ impl Application {
             reconciler: Arc::clone(&reconciler),
             started: std::time::Instant::now(),
             started_at: crate::time::now_rfc3339(),
+            metrics_require_token: settings.metrics.require_token,
+            webhook_permits: Arc::new(tokio::sync::Semaphore::new(
+                settings.server.max_concurrent_webhooks,
+            )),
             sinks: settings.sinks.clone(),
             ingest_token: ingest_token.clone(),
             api_token: api_token.clone(),

@@ -36,6 +36,9 @@ pub enum Command {
     /// Print the webhook path to register in the Segmind console, and the API token.
     #[command(after_help = "Example:\n  tunehook tokens")]
     Tokens,
+    /// Exit 0 when /readyz on the configured listen address answers 200 (for container health checks).
+    #[command(after_help = "Example:\n  tunehook healthcheck && echo ready")]
+    Healthcheck,
     /// Run one reconcile pass against Segmind's API, print its summary and exit.
     #[command(after_help = "Example:\n  SEGMIND_API_KEY=SG_... tunehook reconcile")]
     Reconcile,
@@ -86,6 +89,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         }
         Command::Tokens => tokens(settings).await,
         Command::Reconcile => reconcile(settings).await,
+        Command::Healthcheck => healthcheck(settings).await,
         Command::SendTestEvent {
             url,
             event,
@@ -141,6 +145,32 @@ async fn migrate(settings: Settings) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot migrate {}", settings.database.url))?;
     println!("{count} migration(s) applied to {}", settings.database.url);
+    Ok(())
+}
+
+async fn healthcheck(settings: Settings) -> anyhow::Result<()> {
+    let addr: std::net::SocketAddr = settings.server.listen.parse()?;
+    let host = match addr.ip() {
+        ip if ip.is_unspecified() && ip.is_ipv4() => "127.0.0.1".to_owned(),
+        ip if ip.is_unspecified() => "[::1]".to_owned(),
+        std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+        ip => ip.to_string(),
+    };
+    let url = format!("http://{host}:{}/readyz", addr.port());
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(5))
+        .build()?;
+    let response = client
+        .get(&url)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach {url}"))?;
+    anyhow::ensure!(
+        response.status().is_success(),
+        "{url} answered {}",
+        response.status()
+    );
+    println!("ready");
     Ok(())
 }
 

@@ -16,6 +16,7 @@ use crate::{
     domain::{JobFields, Status},
     segmind::{RemoteJob, SegmindClient, SegmindError},
     store::{ReconcileSummary, RemoteObservation, Store, StoreError},
+    telemetry::metrics,
     time::now_rfc3339,
 };
 use serde::Serialize;
@@ -177,6 +178,12 @@ impl Reconciler {
                 }
             }
         });
+        metrics::reconcile_pass(if result.is_ok() { "success" } else { "failure" });
+        if let Ok(report) = &result {
+            for status in &report.applied.applied {
+                metrics::transition(status, "reconcile");
+            }
+        }
         match &result {
             Ok(r) => tracing::info!(
                 jobs = r.jobs_listed,
@@ -318,8 +325,15 @@ impl Reconciler {
                                 finetune_id: id.clone(),
                                 ..obs
                             };
-                            if let Err(e) = self.store.reconcile(vec![obs]).await {
-                                tracing::warn!(finetune_id = %id, error = %e, "cannot store a job's details");
+                            match self.store.reconcile(vec![obs]).await {
+                                Ok(summary) => {
+                                    for status in &summary.applied {
+                                        metrics::transition(status, "reconcile");
+                                    }
+                                }
+                                Err(e) => {
+                                    tracing::warn!(finetune_id = %id, error = %e, "cannot store a job's details")
+                                }
                             }
                         }
                     }

@@ -430,3 +430,94 @@ fn check_config_shows_sinks_without_their_secrets() {
     }
     assert!(out.contains("https://hooks.slack.com/"), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_under_load_loses_no_acknowledged_webhook_and_exits_in_time() {
+    let dir = tempfile::tempdir().expect("dir");
+    let server = start_server(dir.path());
+    let (path, api_token) = tokens(dir.path());
+    let url = format!("http://{}{path}", server.addr);
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client");
+
+    // Eight clients post as fast as they can until the server goes away.
+    let mut posters = Vec::new();
+    for worker in 0..8 {
+        let (client, url) = (client.clone(), url.clone());
+        posters.push(tokio::spawn(async move {
+            let mut acknowledged = Vec::new();
+            for n in 0..100_000 {
+                let id = format!("w{worker}-{n}");
+                let body = serde_json::json!({"event": "QUEUED", "finetune_id": id}).to_string();
+                match client.post(&url).body(body).send().await {
+                    Ok(r) if r.status().is_success() => acknowledged.push(id),
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+            acknowledged
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = Instant::now();
+    let (status, _) =
+        tokio::task::spawn_blocking(move || server.terminate(Duration::from_secs(25)))
+            .await
+            .expect("terminate");
+    assert!(status.success(), "exit status {status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(21),
+        "exited within server.shutdown_timeout"
+    );
+    let mut acknowledged = Vec::new();
+    for poster in posters {
+        acknowledged.extend(poster.await.expect("poster"));
+    }
+    assert!(
+        !acknowledged.is_empty(),
+        "some webhooks were posted before SIGTERM"
+    );
+
+    let server = start_server(dir.path());
+    let mut stored = std::collections::HashSet::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let page_url = match &cursor {
+            Some(c) => format!("http://{}/v1/jobs?limit=500&cursor={c}", server.addr),
+            None => format!("http://{}/v1/jobs?limit=500", server.addr),
+        };
+        let page: Value = client
+            .get(page_url)
+            .bearer_auth(&api_token)
+            .send()
+            .await
+            .expect("sent")
+            .json()
+            .await
+            .expect("json");
+        for job in page["jobs"].as_array().into_iter().flatten() {
+            stored.insert(job["finetune_id"].as_str().unwrap_or_default().to_owned());
+        }
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    let lost: Vec<&String> = acknowledged
+        .iter()
+        .filter(|id| !stored.contains(*id))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged webhooks lost, such as {:?}",
+        lost.len(),
+        lost.first()
+    );
+    let (status, _) =
+        tokio::task::spawn_blocking(move || server.terminate(Duration::from_secs(25)))
+            .await
+            .expect("terminate");
+    assert!(status.success());
+}

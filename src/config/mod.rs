@@ -47,8 +47,16 @@ pub struct Settings {
     pub segmind: SegmindSettings,
     pub log: LogSettings,
     pub reconcile: ReconcileSettings,
+    pub metrics: MetricsSettings,
     pub delivery: DeliverySettings,
     pub sinks: Vec<SinkSettings>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSettings {
+    /// Whether `GET /metrics` needs the API bearer token.
+    pub require_token: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -79,6 +87,8 @@ pub struct ServerSettings {
     /// URL (`tunehook tokens`); empty means "derive it from `listen`".
     pub public_url: String,
     pub max_body_bytes: usize,
+    /// Webhooks handled at once; beyond this the answer is a quick 503.
+    pub max_concurrent_webhooks: usize,
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
     #[serde(with = "humantime_serde")]
@@ -91,6 +101,7 @@ impl Default for ServerSettings {
             listen: "127.0.0.1:8080".into(),
             public_url: String::new(),
             max_body_bytes: 1024 * 1024,
+            max_concurrent_webhooks: 1024,
             request_timeout: Duration::from_secs(30),
             shutdown_timeout: Duration::from_secs(20),
         }
@@ -280,8 +291,11 @@ impl Settings {
                 self.server.listen
             ));
         }
-        if self.server.max_body_bytes == 0 {
-            return invalid("server.max_body_bytes must be greater than 0".into());
+        if self.server.max_body_bytes == 0 || self.server.max_concurrent_webhooks == 0 {
+            return invalid(
+                "server.max_body_bytes and server.max_concurrent_webhooks must be greater than 0"
+                    .into(),
+            );
         }
         if !self.database.url.starts_with("sqlite:") {
             return invalid(format!(

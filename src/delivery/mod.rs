@@ -172,6 +172,12 @@ async fn attempt(sink: Arc<Sink>, store: Store, delivery: DueDelivery) -> i64 {
             None => NextStep::Dead,
         }
     };
+    let label = match &next {
+        NextStep::Delivered => "delivered",
+        NextStep::RetryAt(_) => "failed",
+        NextStep::Dead => "dead",
+    };
+    crate::telemetry::metrics::delivery_attempt(&sink.name, label, clock.elapsed());
     match &next {
         NextStep::Delivered => {
             tracing::debug!(sink = %sink.name, delivery = delivery.id, finetune_id = %delivery.finetune_id, "delivered")

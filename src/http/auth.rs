@@ -4,7 +4,7 @@
 use super::{AppState, error::ApiError};
 use axum::{
     extract::{Request, State},
-    http::header,
+    http::{HeaderMap, header},
     middleware::Next,
     response::Response,
 };
@@ -18,28 +18,28 @@ pub fn token_matches(given: &str, expected: &str) -> bool {
     given.ct_eq(&expected).into()
 }
 
-/// Middleware for `/v1`: requires `Authorization: Bearer <api token>`.
-pub async fn require_api_token(
-    State(state): State<AppState>,
-    request: Request,
-    next: Next,
-) -> Result<Response, ApiError> {
-    let given = request
-        .headers()
+/// True when the request carries `Authorization: Bearer <expected>`.
+pub fn bearer_matches(headers: &HeaderMap, expected: &str) -> bool {
+    headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| {
             v.strip_prefix("Bearer ")
                 .or_else(|| v.strip_prefix("bearer "))
         })
-        .map(str::trim);
-    match given {
-        Some(token) if token_matches(token, state.api_token.expose()) => {
-            Ok(next.run(request).await)
-        }
-        _ => {
-            tracing::warn!(path = %request.uri().path(), "API request with a missing or wrong token");
-            Err(ApiError::Unauthorized)
-        }
+        .map(str::trim)
+        .is_some_and(|token| token_matches(token, expected))
+}
+
+/// Middleware for `/v1`: requires `Authorization: Bearer <api token>`.
+pub async fn require_api_token(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    if bearer_matches(request.headers(), state.api_token.expose()) {
+        return Ok(next.run(request).await);
     }
+    tracing::warn!(path = %request.uri().path(), "API request with a missing or wrong token");
+    Err(ApiError::Unauthorized)
 }

@@ -8,6 +8,7 @@
 //! - `GET /v1/deliveries`, `GET /v1/deliveries/{id}`, `POST /v1/deliveries/{id}/retry`: `deliveries`
 //! - `GET /v1/status`, `POST /v1/reconcile`: `status`
 //! - `GET /healthz`, `GET /readyz`: `health`
+//! - `GET /metrics`: `metrics`
 
 pub mod auth;
 pub mod deliveries;
@@ -15,6 +16,7 @@ pub mod error;
 pub mod health;
 pub mod jobs;
 pub mod json;
+pub mod metrics;
 pub mod params;
 pub mod receipts;
 pub mod sinks;
@@ -56,6 +58,9 @@ pub struct Inner {
     pub reconciler: Arc<Reconciler>,
     pub started: std::time::Instant,
     pub started_at: String,
+    pub metrics_require_token: bool,
+    /// Webhooks in flight; when none is left, webhooks get a quick 503.
+    pub webhook_permits: Arc<tokio::sync::Semaphore>,
     pub ingest_token: Secret,
     pub api_token: Secret,
     pub max_body_bytes: usize,
@@ -95,6 +100,7 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
         .route("/webhooks/segmind/{token}", post(webhooks::receive))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/metrics", get(metrics::metrics))
         .nest("/v1", api)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

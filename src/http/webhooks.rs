@@ -9,6 +9,7 @@ use super::{AppState, auth::token_matches, error::ApiError};
 use crate::{
     domain::Payload,
     store::{IngestRequest, Outcome},
+    telemetry::metrics,
     time::now_rfc3339,
 };
 use axum::{
@@ -19,6 +20,7 @@ use axum::{
 };
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+use std::sync::Arc;
 
 /// Request headers kept with each receipt; everything else is dropped.
 const KEPT_HEADERS: [&str; 6] = [
@@ -44,23 +46,48 @@ pub async fn receive(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<ReceiptResponse>, ApiError> {
-    if !token_matches(&token, state.ingest_token.expose()) {
+    let started = std::time::Instant::now();
+    let answer = match Arc::clone(&state.webhook_permits).try_acquire_owned() {
+        Ok(_permit) => store(&state, &token, &headers, body).await,
+        Err(_) => Err(ApiError::Unavailable("too many webhooks in flight".into())),
+    };
+    let outcome = match &answer {
+        Ok(receipt) => receipt.outcome.as_str(),
+        Err(ApiError::BadRequest { .. }) => "invalid",
+        Err(ApiError::Unauthorized) => "unauthorized",
+        Err(ApiError::PayloadTooLarge { .. }) => "too_large",
+        Err(_) => "unavailable",
+    };
+    metrics::webhook(outcome, started.elapsed());
+    answer.map(Json)
+}
+
+async fn store(
+    state: &AppState,
+    token: &str,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<ReceiptResponse, ApiError> {
+    if !token_matches(token, state.ingest_token.expose()) {
         tracing::warn!("webhook with a wrong token; nothing stored");
         return Err(ApiError::Unauthorized);
     }
-    let body = read_body(&headers, body, state.max_body_bytes).await?;
+    let body = read_body(headers, body, state.max_body_bytes).await?;
     let payload = Payload::parse(&body).map_err(|e| e.to_string());
     let invalid = payload.as_ref().err().cloned();
     let request = IngestRequest {
         received_at: now_rfc3339(),
         body_sha256: hex::encode(Sha256::digest(&body)),
-        headers: kept_headers(&headers),
+        headers: kept_headers(headers),
         payload,
         body: body.to_vec(),
     };
     let result = state.store.ingest(request).await?;
     if let (true, Some(id)) = (result.needs_details, &result.finetune_id) {
         state.reconciler.enrich(id);
+    }
+    if let (Outcome::Applied, Some(status)) = (result.outcome, &result.status) {
+        metrics::transition(status, "webhook");
     }
     tracing::info!(
         receipt_id = result.receipt_id,
@@ -76,12 +103,12 @@ pub async fn receive(
             format!("{reason} (stored as receipt {})", result.receipt_id),
         ));
     }
-    Ok(Json(ReceiptResponse {
+    Ok(ReceiptResponse {
         receipt_id: result.receipt_id,
         outcome: result.outcome,
         finetune_id: result.finetune_id,
         status: result.status,
-    }))
+    })
 }
 
 /// Reads the whole body, refusing more than `limit` bytes (early when the

@@ -87,6 +87,15 @@ impl Store {
             .await?)
     }
 
+    /// How many jobs are in each status.
+    pub async fn jobs_by_status(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        Ok(
+            sqlx::query_as("SELECT status, COUNT(*) FROM jobs GROUP BY status ORDER BY status")
+                .fetch_all(&self.reads)
+                .await?,
+        )
+    }
+
     /// Ids of the jobs not in a terminal status.
     pub async fn unfinished_job_ids(&self) -> Result<Vec<String>, StoreError> {
         Ok(sqlx::query_scalar(

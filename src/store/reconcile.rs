@@ -26,6 +26,9 @@ pub struct ReconcileSummary {
     pub jobs_created: usize,
     pub transitions: usize,
     pub deliveries: usize,
+    /// The status of each transition recorded.
+    #[serde(skip)]
+    pub applied: Vec<String>,
 }
 
 pub(super) async fn apply(
@@ -54,6 +57,7 @@ pub(super) async fn apply(
         let planned = planner.observe(&observation, None);
         if planned.effect.decision == Decision::Apply {
             summary.transitions += 1;
+            summary.applied.push(remote.status.as_str().to_owned());
             if planned.effect.previous.is_none() {
                 summary.jobs_created += 1;
             }

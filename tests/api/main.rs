@@ -7,6 +7,7 @@ mod fake_sink;
 mod helpers;
 mod jobs_api;
 mod lifecycle;
+mod observability;
 mod receipts_api;
 mod reconcile;
 mod segmind_client;

@@ -1,5 +1,7 @@
 //! Logging: `tracing` to stdout, human-readable or JSON (for containers),
-//! filtered by `log.filter` (`TUNEHOOK_LOG`).
+//! filtered by `log.filter` (`TUNEHOOK_LOG`). Metrics: see `metrics`.
+
+pub mod metrics;
 
 use crate::config::{LogFormat, LogSettings};
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
