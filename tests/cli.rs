@@ -182,10 +182,17 @@ struct Server {
 }
 
 fn start_server(dir: &Path) -> Server {
-    let mut child = tunehook(dir)
+    let mut command = tunehook(dir);
+    command
         .arg("serve")
         .env("TUNEHOOK_LISTEN", "127.0.0.1:0")
-        .env("TUNEHOOK_LOG_FORMAT", "json")
+        .env("TUNEHOOK_LOG_FORMAT", "json");
+    start(command)
+}
+
+/// Starts `command` (a `serve` with JSON logs) and waits for its address.
+fn start(mut command: Command) -> Server {
+    let mut child = command
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -520,4 +527,106 @@ async fn sigterm_under_load_loses_no_acknowledged_webhook_and_exits_in_time() {
             .await
             .expect("terminate");
     assert!(status.success());
+}
+
+/// The Dockerfile's runtime stage: its ENV, WORKDIR, ENTRYPOINT, CMD and
+/// HEALTHCHECK command, read from the file so this test follows it.
+struct Image {
+    env: Vec<(String, String)>,
+    workdir: String,
+    entrypoint: Vec<String>,
+    cmd: Vec<String>,
+    healthcheck: Vec<String>,
+}
+
+fn image() -> Image {
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Dockerfile"))
+        .expect("the Dockerfile");
+    let joined = text.replace("\\\n", " ");
+    let runtime = joined.rsplit("\nFROM ").next().unwrap_or_default();
+    let exec_form = |line: &str| -> Vec<String> {
+        serde_json::from_str(line.trim()).expect("an exec-form instruction")
+    };
+    let mut image = Image { env: vec![], workdir: "/".into(), entrypoint: vec![], cmd: vec![], healthcheck: vec![] };
+    for line in runtime.lines().map(str::trim) {
+        if let Some(rest) = line.strip_prefix("ENV ") {
+            for pair in rest.split_whitespace() {
+                let (k, v) = pair.split_once('=').expect("ENV KEY=VALUE");
+                image.env.push((k.to_owned(), v.to_owned()));
+            }
+        } else if let Some(rest) = line.strip_prefix("WORKDIR ") {
+            image.workdir = rest.trim().to_owned();
+        } else if let Some(rest) = line.strip_prefix("ENTRYPOINT ") {
+            image.entrypoint = exec_form(rest);
+        } else if let Some(rest) = line.strip_prefix("CMD ") {
+            image.cmd = exec_form(rest);
+        } else if let Some(rest) = line.strip_prefix("HEALTHCHECK ") {
+            image.healthcheck = exec_form(rest.split_once(" CMD ").expect("HEALTHCHECK ... CMD").1);
+        }
+    }
+    image
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_binary_runs_as_the_container_image_would() {
+    let image = image();
+    assert_eq!(image.entrypoint, vec!["tunehook"]);
+    assert_eq!(image.cmd, vec!["serve"]);
+    assert_eq!(image.healthcheck, vec!["tunehook", "healthcheck"]);
+    let env: std::collections::HashMap<_, _> = image.env.iter().cloned().collect();
+    assert_eq!(env.get("TUNEHOOK_LISTEN").map(String::as_str), Some("0.0.0.0:8080"));
+    assert_eq!(env.get("TUNEHOOK_DATABASE_URL").map(String::as_str), Some("sqlite:///data/tunehook.db"));
+
+    // The image's filesystem, under a temporary root: /app with the shipped
+    // config, and an empty /data volume.
+    let root = tempfile::tempdir().expect("dir");
+    let app = root.path().join(image.workdir.trim_start_matches('/'));
+    let data = root.path().join("data");
+    std::fs::create_dir_all(app.join("config")).expect("mkdir");
+    std::fs::create_dir_all(&data).expect("mkdir");
+    std::fs::copy(shipped_config(), app.join("config/tunehook.toml")).expect("copy config");
+    let as_image = |args: &[&str], listen: &str| {
+        let mut command = tunehook(&app);
+        for (k, v) in &image.env {
+            let v = v.replace("sqlite:///data/", &format!("sqlite://{}/", data.display()));
+            command.env(k, v);
+        }
+        // A free port instead of 8080, as `docker run -p` would map it.
+        command.env("TUNEHOOK_LISTEN", listen).args(args);
+        command
+    };
+
+    let cmd: Vec<&str> = image.cmd.iter().map(String::as_str).collect();
+    let server = start(as_image(&cmd, "127.0.0.1:0"));
+    let client = reqwest::Client::new();
+    let ready = client.get(format!("http://{}/readyz", server.addr)).send().await.expect("sent");
+    assert_eq!(ready.status(), reqwest::StatusCode::OK);
+    assert!(data.join("tunehook.db").exists(), "the database is on the volume");
+
+    let health: Vec<&str> = image.healthcheck[1..].iter().map(String::as_str).collect();
+    let (ok, out, err) = run(&mut as_image(&health, &server.addr));
+    assert!(ok, "the HEALTHCHECK command fails: {out}{err}");
+
+    let (ok, out, err) = run(&mut as_image(&["tokens"], &server.addr));
+    assert!(ok, "{err}");
+    let path = out.lines().find_map(|l| l.strip_prefix("Webhook path: ")).expect("a path").to_owned();
+    let api = out.lines().skip_while(|l| !l.starts_with("API token")).nth(1).expect("a token").trim().to_owned();
+    let url = format!("http://{}{path}", server.addr);
+    let (ok, out, _) = run(&mut as_image(&["send-test-event", &url, "--event", "AVAILABLE", "--finetune-id", "in-image"], &server.addr));
+    assert!(ok, "{out}");
+    let job: Value = client
+        .get(format!("http://{}/v1/jobs/in-image", server.addr))
+        .bearer_auth(&api)
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(job["status"], "AVAILABLE");
+    let (status, log) = tokio::task::spawn_blocking(move || server.terminate(Duration::from_secs(25)))
+        .await
+        .expect("terminate");
+    assert!(status.success());
+    assert!(log.lines().all(|l| serde_json::from_str::<Value>(l).is_ok()), "JSON logs, as the image sets");
 }
