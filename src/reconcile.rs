@@ -35,7 +35,7 @@ const FIRST_BACKOFF: Duration = Duration::from_secs(5);
 const ENRICH_QUEUE: usize = 1024;
 
 /// What `/v1/status` shows of the reconciler.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 pub struct ReconcileState {
     pub enabled: bool,
     pub interval_seconds: u64,
@@ -55,7 +55,7 @@ pub struct ReconcileState {
 }
 
 /// What one pass did.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct PassReport {
     pub started_at: String,
     pub finished_at: String,

@@ -547,7 +547,13 @@ fn image() -> Image {
     let exec_form = |line: &str| -> Vec<String> {
         serde_json::from_str(line.trim()).expect("an exec-form instruction")
     };
-    let mut image = Image { env: vec![], workdir: "/".into(), entrypoint: vec![], cmd: vec![], healthcheck: vec![] };
+    let mut image = Image {
+        env: vec![],
+        workdir: "/".into(),
+        entrypoint: vec![],
+        cmd: vec![],
+        healthcheck: vec![],
+    };
     for line in runtime.lines().map(str::trim) {
         if let Some(rest) = line.strip_prefix("ENV ") {
             for pair in rest.split_whitespace() {
@@ -574,8 +580,14 @@ async fn the_binary_runs_as_the_container_image_would() {
     assert_eq!(image.cmd, vec!["serve"]);
     assert_eq!(image.healthcheck, vec!["tunehook", "healthcheck"]);
     let env: std::collections::HashMap<_, _> = image.env.iter().cloned().collect();
-    assert_eq!(env.get("TUNEHOOK_LISTEN").map(String::as_str), Some("0.0.0.0:8080"));
-    assert_eq!(env.get("TUNEHOOK_DATABASE_URL").map(String::as_str), Some("sqlite:///data/tunehook.db"));
+    assert_eq!(
+        env.get("TUNEHOOK_LISTEN").map(String::as_str),
+        Some("0.0.0.0:8080")
+    );
+    assert_eq!(
+        env.get("TUNEHOOK_DATABASE_URL").map(String::as_str),
+        Some("sqlite:///data/tunehook.db")
+    );
 
     // The image's filesystem, under a temporary root: /app with the shipped
     // config, and an empty /data volume.
@@ -599,9 +611,16 @@ async fn the_binary_runs_as_the_container_image_would() {
     let cmd: Vec<&str> = image.cmd.iter().map(String::as_str).collect();
     let server = start(as_image(&cmd, "127.0.0.1:0"));
     let client = reqwest::Client::new();
-    let ready = client.get(format!("http://{}/readyz", server.addr)).send().await.expect("sent");
+    let ready = client
+        .get(format!("http://{}/readyz", server.addr))
+        .send()
+        .await
+        .expect("sent");
     assert_eq!(ready.status(), reqwest::StatusCode::OK);
-    assert!(data.join("tunehook.db").exists(), "the database is on the volume");
+    assert!(
+        data.join("tunehook.db").exists(),
+        "the database is on the volume"
+    );
 
     let health: Vec<&str> = image.healthcheck[1..].iter().map(String::as_str).collect();
     let (ok, out, err) = run(&mut as_image(&health, &server.addr));
@@ -609,10 +628,30 @@ async fn the_binary_runs_as_the_container_image_would() {
 
     let (ok, out, err) = run(&mut as_image(&["tokens"], &server.addr));
     assert!(ok, "{err}");
-    let path = out.lines().find_map(|l| l.strip_prefix("Webhook path: ")).expect("a path").to_owned();
-    let api = out.lines().skip_while(|l| !l.starts_with("API token")).nth(1).expect("a token").trim().to_owned();
+    let path = out
+        .lines()
+        .find_map(|l| l.strip_prefix("Webhook path: "))
+        .expect("a path")
+        .to_owned();
+    let api = out
+        .lines()
+        .skip_while(|l| !l.starts_with("API token"))
+        .nth(1)
+        .expect("a token")
+        .trim()
+        .to_owned();
     let url = format!("http://{}{path}", server.addr);
-    let (ok, out, _) = run(&mut as_image(&["send-test-event", &url, "--event", "AVAILABLE", "--finetune-id", "in-image"], &server.addr));
+    let (ok, out, _) = run(&mut as_image(
+        &[
+            "send-test-event",
+            &url,
+            "--event",
+            "AVAILABLE",
+            "--finetune-id",
+            "in-image",
+        ],
+        &server.addr,
+    ));
     assert!(ok, "{out}");
     let job: Value = client
         .get(format!("http://{}/v1/jobs/in-image", server.addr))
@@ -624,9 +663,14 @@ async fn the_binary_runs_as_the_container_image_would() {
         .await
         .expect("json");
     assert_eq!(job["status"], "AVAILABLE");
-    let (status, log) = tokio::task::spawn_blocking(move || server.terminate(Duration::from_secs(25)))
-        .await
-        .expect("terminate");
+    let (status, log) =
+        tokio::task::spawn_blocking(move || server.terminate(Duration::from_secs(25)))
+            .await
+            .expect("terminate");
     assert!(status.success());
-    assert!(log.lines().all(|l| serde_json::from_str::<Value>(l).is_ok()), "JSON logs, as the image sets");
+    assert!(
+        log.lines()
+            .all(|l| serde_json::from_str::<Value>(l).is_ok()),
+        "JSON logs, as the image sets"
+    );
 }

@@ -3,7 +3,7 @@
 
 use super::{
     AppState,
-    error::ApiError,
+    error::{ApiError, ErrorBody},
     params::{self, ApiQuery},
 };
 use crate::store::{AttemptRow, DeliveryFilter, DeliveryRow};
@@ -15,28 +15,37 @@ use serde::{Deserialize, Serialize};
 
 const STATUSES: [&str; 3] = ["pending", "delivered", "dead"];
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListParams {
+    /// pending, delivered or dead.
     status: Option<String>,
+    /// Only this sink's deliveries.
     sink: Option<String>,
+    /// Only this job's deliveries.
     finetune_id: Option<String>,
+    /// 1 to 500; 50 when absent.
     limit: Option<String>,
+    /// `next_cursor` of the previous page.
     cursor: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct DeliveryList {
     deliveries: Vec<DeliveryRow>,
     next_cursor: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct DeliveryDetail {
     #[serde(flatten)]
     delivery: DeliveryRow,
     attempt_log: Vec<AttemptRow>,
 }
 
+/// Deliveries, newest first.
+#[utoipa::path(get, path = "/v1/deliveries", tag = "deliveries", params(ListParams), security(("bearer" = [])),
+    responses((status = 200, description = "A page of deliveries", body = DeliveryList), (status = 400, description = "A bad parameter or body", body = ErrorBody), (status = 401, description = "Missing or wrong bearer token", body = ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<ListParams>,
@@ -64,6 +73,9 @@ pub async fn list(
     }))
 }
 
+/// One delivery with every attempt made.
+#[utoipa::path(get, path = "/v1/deliveries/{id}", tag = "deliveries", params(("id" = i64, Path, description = "The delivery's id")),
+    security(("bearer" = [])), responses((status = 200, description = "The delivery", body = DeliveryDetail), (status = 401, description = "Missing or wrong bearer token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody)))]
 pub async fn get(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -81,6 +93,10 @@ pub async fn get(
     }))
 }
 
+/// Puts a dead or delivered delivery back to pending, due now.
+#[utoipa::path(post, path = "/v1/deliveries/{id}/retry", tag = "deliveries", params(("id" = i64, Path, description = "The delivery's id")),
+    security(("bearer" = [])), responses((status = 200, description = "The delivery, pending again", body = DeliveryRow), (status = 401, description = "Missing or wrong bearer token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody),
+        (status = 409, description = "The delivery is already pending", body = ErrorBody), (status = 503, description = "The database cannot take the write; retry", body = ErrorBody)))]
 pub async fn retry(
     State(state): State<AppState>,
     Path(id): Path<String>,

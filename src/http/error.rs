@@ -7,7 +7,20 @@ use axum::{
     http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
-use serde_json::json;
+
+/// Every error's body.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// Stable, machine-readable: `unauthorized`, `not_found`, `invalid_parameter`...
+    pub code: String,
+    /// For people.
+    pub message: String,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -71,7 +84,12 @@ impl IntoResponse for ApiError {
             ApiError::Unavailable(cause) => tracing::warn!(cause = %cause, "answering 503"),
             _ => {}
         }
-        let body = Json(json!({"error": {"code": code, "message": self.to_string()}}));
+        let body = Json(ErrorBody {
+            error: ErrorDetail {
+                code: code.to_owned(),
+                message: self.to_string(),
+            },
+        });
         let mut response = (status, body).into_response();
         if status == StatusCode::SERVICE_UNAVAILABLE {
             response

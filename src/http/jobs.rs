@@ -3,6 +3,7 @@
 use super::{
     AppState,
     error::ApiError,
+    error::ErrorBody,
     params::{self, ApiQuery},
 };
 use crate::{
@@ -16,28 +17,33 @@ use axum::{
 };
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListParams {
+    /// Only jobs in this status.
     status: Option<String>,
+    /// `true`: only jobs whose last Segmind status differs from what webhooks said.
     drift: Option<String>,
+    /// 1 to 500; 50 when absent.
     limit: Option<String>,
+    /// `next_cursor` of the previous page.
     cursor: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct JobList<T> {
     jobs: Vec<T>,
     next_cursor: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct JobDetail {
     #[serde(flatten)]
     job: JobRow,
     transitions: Vec<TransitionDetail>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TransitionDetail {
     #[serde(flatten)]
     transition: TransitionRow,
@@ -45,6 +51,9 @@ pub struct TransitionDetail {
     deliveries: Vec<TransitionDelivery>,
 }
 
+/// Jobs, most recently updated first.
+#[utoipa::path(get, path = "/v1/jobs", tag = "jobs", params(ListParams), security(("bearer" = [])),
+    responses((status = 200, description = "A page of jobs (with `drift=true`, each also has `segmind_status`, `webhook_status` and `segmind_seen_at`)", body = JobList<JobRow>), (status = 400, description = "A bad parameter or body", body = ErrorBody), (status = 401, description = "Missing or wrong bearer token", body = ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<ListParams>,
@@ -99,6 +108,9 @@ pub async fn list(
     .into_response())
 }
 
+/// One job with its transitions, oldest first, and their deliveries.
+#[utoipa::path(get, path = "/v1/jobs/{finetune_id}", tag = "jobs", params(("finetune_id" = String, Path, description = "The job's id")),
+    security(("bearer" = [])), responses((status = 200, description = "The job", body = JobDetail), (status = 401, description = "Missing or wrong bearer token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody)))]
 pub async fn get(
     State(state): State<AppState>,
     Path(finetune_id): Path<String>,

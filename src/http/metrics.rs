@@ -9,6 +9,8 @@ use axum::{
     response::{IntoResponse, Response},
 };
 
+/// Prometheus metrics, in text format.
+#[utoipa::path(get, path = "/metrics", tag = "health", responses((status = 200, description = "Metrics", content_type = "text/plain", body = String), (status = 401, description = "A token is required (metrics.require_token)", body = super::error::ErrorBody)))]
 pub async fn metrics(
     State(state): State<AppState>,
     headers: HeaderMap,

@@ -9,6 +9,7 @@
 //! - `GET /v1/status`, `POST /v1/reconcile`: `status`
 //! - `GET /healthz`, `GET /readyz`: `health`
 //! - `GET /metrics`: `metrics`
+//! - `GET /openapi.json`: `openapi`
 
 pub mod auth;
 pub mod deliveries;
@@ -17,6 +18,7 @@ pub mod health;
 pub mod jobs;
 pub mod json;
 pub mod metrics;
+pub mod openapi;
 pub mod params;
 pub mod receipts;
 pub mod sinks;
@@ -31,10 +33,10 @@ use crate::{
 use axum::{
     Router,
     extract::{MatchedPath, Request},
-    http::{HeaderName, StatusCode},
+    http::{HeaderName, Method, StatusCode},
     middleware,
     response::IntoResponse,
-    routing::{get, post},
+    routing::{MethodRouter, get, post},
 };
 use error::ApiError;
 use std::{sync::Arc, time::Duration};
@@ -79,29 +81,71 @@ impl AppState {
     }
 }
 
+/// A route: its method, its path (as axum and the OpenAPI document both
+/// write it), and its handler.
+type Route = (Method, &'static str, MethodRouter<AppState>);
+
+/// The routes behind the API bearer token.
+fn api_routes() -> Vec<Route> {
+    vec![
+        (Method::GET, "/v1/jobs", get(jobs::list)),
+        (Method::GET, "/v1/jobs/{finetune_id}", get(jobs::get)),
+        (Method::GET, "/v1/receipts", get(receipts::list)),
+        (Method::GET, "/v1/sinks", get(sinks::list)),
+        (Method::POST, "/v1/sinks/{name}/replay", post(sinks::replay)),
+        (Method::GET, "/v1/deliveries", get(deliveries::list)),
+        (Method::GET, "/v1/deliveries/{id}", get(deliveries::get)),
+        (
+            Method::POST,
+            "/v1/deliveries/{id}/retry",
+            post(deliveries::retry),
+        ),
+        (Method::GET, "/v1/status", get(status::status)),
+        (Method::POST, "/v1/reconcile", post(status::reconcile)),
+    ]
+}
+
+/// The routes without it (the webhook route checks its own token).
+fn open_routes() -> Vec<Route> {
+    vec![
+        (
+            Method::POST,
+            "/webhooks/segmind/{token}",
+            post(webhooks::receive),
+        ),
+        (Method::GET, "/healthz", get(health::healthz)),
+        (Method::GET, "/readyz", get(health::readyz)),
+        (Method::GET, "/metrics", get(metrics::metrics)),
+        (Method::GET, "/openapi.json", get(openapi::document)),
+    ]
+}
+
+/// Every route the router serves, for checking the OpenAPI document.
+pub fn route_table() -> Vec<(Method, &'static str)> {
+    api_routes()
+        .into_iter()
+        .chain(open_routes())
+        .map(|(method, path, _)| (method, path))
+        .collect()
+}
+
 pub fn router(state: AppState, request_timeout: Duration) -> Router {
-    let api = Router::new()
-        .route("/jobs", get(jobs::list))
-        .route("/jobs/{finetune_id}", get(jobs::get))
-        .route("/receipts", get(receipts::list))
-        .route("/sinks", get(sinks::list))
-        .route("/sinks/{name}/replay", post(sinks::replay))
-        .route("/deliveries", get(deliveries::list))
-        .route("/deliveries/{id}", get(deliveries::get))
-        .route("/deliveries/{id}/retry", post(deliveries::retry))
-        .route("/status", get(status::status))
-        .route("/reconcile", post(status::reconcile))
+    let api = api_routes()
+        .into_iter()
+        .fold(Router::new(), |router, (_, path, handler)| {
+            router.route(path, handler)
+        })
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_api_token,
         ));
+    let open = open_routes()
+        .into_iter()
+        .fold(Router::new(), |router, (_, path, handler)| {
+            router.route(path, handler)
+        });
 
-    Router::new()
-        .route("/webhooks/segmind/{token}", post(webhooks::receive))
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/metrics", get(metrics::metrics))
-        .nest("/v1", api)
+    open.merge(api)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)

@@ -3,6 +3,7 @@
 use super::{
     AppState,
     error::ApiError,
+    error::ErrorBody,
     params::{self, ApiQuery},
 };
 use crate::store::{Outcome, ReceiptFilter, ReceiptRow};
@@ -10,14 +11,18 @@ use axum::{Json, extract::State};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListParams {
+    /// applied, duplicate, stale, unrecognized or invalid.
     outcome: Option<String>,
+    /// 1 to 500; 50 when absent.
     limit: Option<String>,
+    /// `next_cursor` of the previous page.
     cursor: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Receipt {
     id: i64,
     received_at: String,
@@ -27,17 +32,22 @@ pub struct Receipt {
     event_id: Option<String>,
     error: Option<String>,
     body_sha256: String,
+    #[schema(value_type = Object)]
     headers: Value,
     /// The body as JSON when it parses, else as (lossy UTF-8) text.
+    #[schema(value_type = Object)]
     body: Value,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ReceiptList {
     receipts: Vec<Receipt>,
     next_cursor: Option<String>,
 }
 
+/// Webhook requests as received, newest first.
+#[utoipa::path(get, path = "/v1/receipts", tag = "receipts", params(ListParams), security(("bearer" = [])),
+    responses((status = 200, description = "A page of receipts", body = ReceiptList), (status = 400, description = "A bad parameter or body", body = ErrorBody), (status = 401, description = "Missing or wrong bearer token", body = ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<ListParams>,

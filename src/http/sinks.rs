@@ -1,6 +1,10 @@
 //! `GET /v1/sinks` and `POST /v1/sinks/{name}/replay`.
 
-use super::{AppState, error::ApiError, json::ApiJson};
+use super::{
+    AppState,
+    error::{ApiError, ErrorBody},
+    json::ApiJson,
+};
 use crate::store::{ReplayRequest, SinkHealth};
 use axum::{
     Json,
@@ -8,7 +12,7 @@ use axum::{
 };
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct SinkView {
     name: String,
     kind: String,
@@ -18,11 +22,14 @@ pub struct SinkView {
     health: SinkHealth,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct SinkList {
     sinks: Vec<SinkView>,
 }
 
+/// The configured sinks and their health.
+#[utoipa::path(get, path = "/v1/sinks", tag = "sinks", security(("bearer" = [])),
+    responses((status = 200, description = "The sinks", body = SinkList), (status = 401, description = "Missing or wrong bearer token", body = ErrorBody)))]
 pub async fn list(State(state): State<AppState>) -> Result<Json<SinkList>, ApiError> {
     let mut health = state.store.sink_health().await?;
     let sinks = state
@@ -40,18 +47,24 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<SinkList>, ApiEr
     Ok(Json(SinkList { sinks }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReplayBody {
+    /// RFC 3339: events of transitions observed since then.
     since: String,
+    /// Only this job's events.
     finetune_id: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Replayed {
     enqueued: u64,
 }
 
+/// Enqueues past events to a sink again (its status filter applied).
+#[utoipa::path(post, path = "/v1/sinks/{name}/replay", tag = "sinks", params(("name" = String, Path, description = "The sink's name")),
+    request_body = ReplayBody, security(("bearer" = [])),
+    responses((status = 200, description = "How many deliveries were enqueued", body = Replayed), (status = 400, description = "A bad parameter or body", body = ErrorBody), (status = 401, description = "Missing or wrong bearer token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 503, description = "The database cannot take the write; retry", body = ErrorBody)))]
 pub async fn replay(
     State(state): State<AppState>,
     Path(name): Path<String>,

@@ -1,12 +1,15 @@
 //! `GET /v1/status` (what the service is doing, and whether Segmind is
 //! reachable) and `POST /v1/reconcile` (run a pass now).
 
-use super::{AppState, error::ApiError};
+use super::{
+    AppState,
+    error::{ApiError, ErrorBody},
+};
 use crate::reconcile::{PassError, PassReport, ReconcileState};
 use axum::{Json, extract::State};
 use serde::Serialize;
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Status {
     version: &'static str,
     started_at: String,
@@ -18,13 +21,16 @@ pub struct Status {
     sinks: Vec<SinkCounts>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct SinkCounts {
     name: String,
     pending: i64,
     dead: i64,
 }
 
+/// What the service is doing: version, uptime, the reconciler, the sinks.
+#[utoipa::path(get, path = "/v1/status", tag = "status", security(("bearer" = [])),
+    responses((status = 200, description = "The status", body = Status), (status = 401, description = "Missing or wrong bearer token", body = ErrorBody)))]
 pub async fn status(State(state): State<AppState>) -> Result<Json<Status>, ApiError> {
     let mut health = state.store.sink_health().await?;
     let sinks = state
@@ -49,6 +55,11 @@ pub async fn status(State(state): State<AppState>) -> Result<Json<Status>, ApiEr
     }))
 }
 
+/// Runs a reconcile pass now and answers its summary.
+#[utoipa::path(post, path = "/v1/reconcile", tag = "status", security(("bearer" = [])),
+    responses((status = 200, description = "The pass's summary", body = PassReport), (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 409, description = "The reconciler is off (no SEGMIND_API_KEY)", body = ErrorBody),
+        (status = 502, description = "Segmind failed; `code` says how (auth_failed, rate_limited, server_error, timeout, unreachable, undecodable, rejected)", body = ErrorBody), (status = 503, description = "The database cannot take the write; retry", body = ErrorBody)))]
 pub async fn reconcile(State(state): State<AppState>) -> Result<Json<PassReport>, ApiError> {
     state
         .reconciler

@@ -32,7 +32,7 @@ const KEPT_HEADERS: [&str; 6] = [
     "x-real-ip",
 ];
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ReceiptResponse {
     pub receipt_id: i64,
     pub outcome: Outcome,
@@ -40,6 +40,16 @@ pub struct ReceiptResponse {
     pub status: Option<String>,
 }
 
+/// Where Segmind's console sends webhooks. The body is any JSON (read leniently);
+/// it is stored before the answer.
+#[utoipa::path(post, path = "/webhooks/segmind/{token}", tag = "webhooks",
+    params(("token" = String, Path, description = "The ingest token (`tunehook tokens`)")),
+    request_body(content = Object, description = "Segmind's webhook payload", content_type = "application/json"),
+    responses((status = 200, description = "Stored", body = ReceiptResponse),
+        (status = 400, description = "Not JSON, or an unusable id or status (still stored)", body = super::error::ErrorBody),
+        (status = 401, description = "Wrong token; nothing stored", body = super::error::ErrorBody),
+        (status = 413, description = "Body larger than server.max_body_bytes", body = super::error::ErrorBody),
+        (status = 503, description = "Not stored; retry (database unavailable or too many webhooks in flight)", body = super::error::ErrorBody)))]
 pub async fn receive(
     State(state): State<AppState>,
     Path(token): Path<String>,

@@ -24,7 +24,7 @@ pub struct IngestRequest {
 }
 
 /// What storing a webhook did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Outcome {
     /// The job moved to a new status.

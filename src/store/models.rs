@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct JobRow {
     pub finetune_id: String,
     pub name: Option<String>,
@@ -26,7 +26,7 @@ pub struct JobRow {
 }
 
 /// A job whose last known Segmind status differs from what webhooks said.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct DriftRow {
     #[serde(flatten)]
     #[sqlx(flatten)]
@@ -36,7 +36,7 @@ pub struct DriftRow {
     pub segmind_seen_at: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct TransitionRow {
     pub id: String,
     pub from_status: Option<String>,

@@ -192,7 +192,7 @@ pub struct DueDelivery {
     pub from_status: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct DeliveryRow {
     pub id: i64,
     pub sink: String,
@@ -206,7 +206,7 @@ pub struct DeliveryRow {
     pub delivered_at: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct AttemptRow {
     pub started_at: String,
     pub duration_ms: i64,
@@ -227,7 +227,7 @@ pub struct DeliveryFilter {
 }
 
 /// A sink's health as the outbox shows it.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 pub struct SinkHealth {
     pub pending: i64,
     pub dead: i64,
@@ -236,7 +236,7 @@ pub struct SinkHealth {
 }
 
 /// One delivery of a transition, as shown on the job.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct TransitionDelivery {
     #[serde(skip)]
     pub event_id: String,

@@ -20,7 +20,7 @@ pub struct RemoteObservation {
 }
 
 /// What applying a pass's observations did.
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct ReconcileSummary {
     pub jobs_seen: usize,
     pub jobs_created: usize,
@@ -28,6 +28,7 @@ pub struct ReconcileSummary {
     pub deliveries: usize,
     /// The status of each transition recorded.
     #[serde(skip)]
+    #[schema(ignore)]
     pub applied: Vec<String>,
 }
 

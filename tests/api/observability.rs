@@ -160,3 +160,71 @@ async fn a_client_that_sends_one_byte_at_a_time_is_cut_off_and_holds_nobody_up()
     );
     assert!(answer.starts_with("HTTP/1.1 408"), "answered: {answer:?}");
 }
+
+#[tokio::test]
+async fn the_openapi_document_covers_every_route_the_router_serves() {
+    let app = spawn_app().await;
+    let response = app
+        .client
+        .get(app.url("/openapi.json"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), StatusCode::OK);
+    let doc: serde_json::Value = response.json().await.expect("json");
+    assert!(
+        doc["openapi"].as_str().unwrap_or("").starts_with("3.1"),
+        "{}",
+        doc["openapi"]
+    );
+    let routes = tunehook::http::route_table();
+    for (method, path) in &routes {
+        let operation = &doc["paths"][*path][method.as_str().to_lowercase()];
+        assert!(
+            operation.is_object(),
+            "{method} {path} is not in the OpenAPI document"
+        );
+        if path.starts_with("/v1/") {
+            assert!(
+                operation["security"].is_array(),
+                "{method} {path} does not say it needs the token"
+            );
+            assert!(
+                operation["responses"]["401"].is_object(),
+                "{method} {path} lacks its 401"
+            );
+        }
+        if path.contains('{') {
+            assert!(
+                operation["parameters"].is_array(),
+                "{method} {path} lacks its path parameter"
+            );
+        }
+    }
+    let documented: usize = doc["paths"]
+        .as_object()
+        .map(|paths| {
+            paths
+                .values()
+                .map(|p| p.as_object().map_or(0, |ops| ops.len()))
+                .sum()
+        })
+        .unwrap_or(0);
+    assert_eq!(
+        documented,
+        routes.len(),
+        "the document has routes the router does not serve"
+    );
+    assert!(doc["components"]["schemas"]["ErrorBody"].is_object());
+    assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+    for route in ["/v1/jobs", "/v1/deliveries"] {
+        let names: Vec<&str> = doc["paths"][route]["get"]["parameters"]
+            .as_array()
+            .map(|ps| ps.iter().filter_map(|p| p["name"].as_str()).collect())
+            .unwrap_or_default();
+        assert!(
+            names.contains(&"limit") && names.contains(&"cursor"),
+            "{route}: {names:?}"
+        );
+    }
+}
