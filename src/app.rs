@@ -23,6 +23,7 @@ pub struct Application {
     writer: JoinHandle<()>,
     shutdown: CancellationToken,
     shutdown_timeout: Duration,
+    header_read_timeout: Duration,
     ingest_token: Secret,
     api_token: Secret,
 }
@@ -75,6 +76,7 @@ impl Application {
             writer,
             shutdown: CancellationToken::new(),
             shutdown_timeout: settings.server.shutdown_timeout,
+            header_read_timeout: settings.server.header_read_timeout,
             ingest_token,
             api_token,
         })
@@ -119,37 +121,29 @@ impl Application {
         drop(self.store);
         let reconciler = tokio::spawn(Arc::clone(&self.reconciler).run(shutdown.clone()));
         drop(self.reconciler);
-        let serve = axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-            .into_future();
-        let mut serve = Box::pin(serve);
-        tokio::select! {
-            result = &mut serve => result.context("the HTTP server failed")?,
-            () = shutdown.cancelled() => {
-                tracing::info!("shutting down: finishing requests in flight");
-                match tokio::time::timeout(self.shutdown_timeout, &mut serve).await {
-                    Ok(result) => result.context("the HTTP server failed")?,
-                    Err(_) => tracing::warn!("requests still in flight at the shutdown timeout were dropped"),
-                }
-            }
+        let drained = http::serve::serve(
+            self.listener,
+            self.router,
+            self.header_read_timeout,
+            shutdown.clone(),
+            self.shutdown_timeout,
+        )
+        .await;
+        if !drained {
+            tracing::warn!("requests still in flight at the shutdown timeout were dropped");
         }
-        // A pass in flight finishes; no new one starts.
-        if tokio::time::timeout(self.shutdown_timeout, reconciler)
-            .await
-            .is_err()
-        {
+        // The reconciler and the delivery workers stopped with the server:
+        // a pass in flight finishes, attempts in flight finish or stay
+        // pending. They share what is left of the shutdown timeout.
+        let deadline = tokio::time::Instant::now() + self.shutdown_timeout / 4;
+        if tokio::time::timeout_at(deadline, reconciler).await.is_err() {
             tracing::warn!("the reconciler did not stop in time");
         }
-        // Attempts in flight finish (or stay pending) within the timeout.
-        if tokio::time::timeout(self.shutdown_timeout, deliveries)
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout_at(deadline, deliveries).await.is_err() {
             tracing::warn!("delivery workers did not stop in time");
         }
-        // Dropping the server and the workers released their handles on the
-        // store; the writer now commits what it holds and closes the database.
-        drop(serve);
+        // The server and the workers released their handles on the store;
+        // the writer now commits what it holds and closes the database.
         match tokio::time::timeout(self.shutdown_timeout, self.writer).await {
             Ok(_) => tracing::info!("database closed; stopped"),
             Err(_) => tracing::warn!("the database writer did not stop in time"),

@@ -91,6 +91,9 @@ pub struct ServerSettings {
     pub max_concurrent_webhooks: usize,
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// A client must send its request headers within this.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
 }
@@ -103,6 +106,7 @@ impl Default for ServerSettings {
             max_body_bytes: 1024 * 1024,
             max_concurrent_webhooks: 1024,
             request_timeout: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(20),
         }
     }

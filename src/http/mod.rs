@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod params;
 pub mod receipts;
+pub mod serve;
 pub mod sinks;
 pub mod status;
 pub mod webhooks;
