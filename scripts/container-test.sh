@@ -21,7 +21,7 @@ fi
 command -v podman >/dev/null && command -v buildah >/dev/null || fail "podman and buildah are needed"
 
 started=$(date +%s)
-podman build --isolation chroot --network host -t "$IMAGE" . >/tmp/tunehook-image-build.log 2>&1 ||
+podman build --format docker --isolation chroot --network host -t "$IMAGE" . >/tmp/tunehook-image-build.log 2>&1 ||
   { tail -40 /tmp/tunehook-image-build.log; fail "podman build"; }
 build_seconds=$(( $(date +%s) - started ))
 size=$(podman image inspect --format '{{.Size}}' "$IMAGE")
