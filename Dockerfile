@@ -11,11 +11,11 @@ COPY Cargo.toml Cargo.lock ./
 RUN mkdir src \
     && echo 'fn main() {}' > src/main.rs \
     && touch src/lib.rs \
-    && cargo build --release --locked \
+    && cargo build --release --locked --bin tunehook \
     && rm -rf src
 COPY migrations migrations
 COPY src src
-RUN touch src/main.rs src/lib.rs && cargo build --release --locked
+RUN touch src/main.rs src/lib.rs && cargo build --release --locked --bin tunehook
 
 FROM docker.io/library/debian:bookworm-slim
 RUN useradd --system --uid 10001 --user-group --home-dir /data --no-create-home tunehook \

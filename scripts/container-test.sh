@@ -46,8 +46,13 @@ log "entrypoint=[$entrypoint] cmd=[$cmd] user=$user healthcheck=[$health] listen
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 data=$(mktemp -d /tmp/tunehook-data.XXXXXX)
 chown "${user%%:*}:${user##*:}" "$data" 2>/dev/null || chmod 0777 "$data"
+volumes=$(inspect .Config.Volumes)
+case "$volumes" in *'"/data"'*) ;; *) fail "the image declares no /data volume: $volumes" ;; esac
 container=$(buildah from "$IMAGE")
 buildah config --env "TUNEHOOK_LISTEN=${listen%:*}:$port" "$container"
+# `docker run -v DATA:/data` puts DATA where the image's anonymous /data volume would be; `buildah run`
+# would mount that anonymous volume over our bind mount, so the working container drops it.
+buildah config --volume /data- "$container"
 server_pid=
 cleanup() {
   [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null || true
