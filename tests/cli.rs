@@ -674,3 +674,121 @@ async fn the_binary_runs_as_the_container_image_would() {
         "JSON logs, as the image sets"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_under_load_loses_no_acknowledged_webhook_and_every_transition_is_delivered_after_restart()
+ {
+    let dir = tempfile::tempdir().expect("dir");
+    let events = dir.path().join("events.jsonl");
+    let config = dir.path().join("tunehook.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[delivery]\nretry_schedule = [\"50ms\", \"50ms\", \"50ms\"]\n\n[[sinks]]\nname = \"archive\"\nkind = \"file\"\npath = \"{}\"\n",
+            events.display()
+        ),
+    )
+    .expect("config");
+    let serve = || {
+        let mut command = tunehook(dir.path());
+        command
+            .arg("--config")
+            .arg(&config)
+            .arg("serve")
+            .env("TUNEHOOK_LISTEN", "127.0.0.1:0")
+            .env("TUNEHOOK_LOG_FORMAT", "json");
+        start(command)
+    };
+    let mut server = serve();
+    let (path, api_token) = tokens(dir.path());
+    let url = format!("http://{}{path}", server.addr);
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client");
+    let mut posters = Vec::new();
+    for worker in 0..8 {
+        let (client, url) = (client.clone(), url.clone());
+        posters.push(tokio::spawn(async move {
+            let mut acknowledged = Vec::new();
+            for n in 0..100_000 {
+                let id = format!("k{worker}-{n}");
+                let body = serde_json::json!({"event": "AVAILABLE", "finetune_id": id}).to_string();
+                match client.post(&url).body(body).send().await {
+                    Ok(r) if r.status().is_success() => acknowledged.push(id),
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+            acknowledged
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    server.child.kill().expect("SIGKILL");
+    let _ = server.child.wait();
+    let mut acknowledged = Vec::new();
+    for poster in posters {
+        acknowledged.extend(poster.await.expect("poster"));
+    }
+    assert!(!acknowledged.is_empty());
+
+    let server = serve();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let page: Value = client
+            .get(format!(
+                "http://{}/v1/deliveries?status=pending&limit=1",
+                server.addr
+            ))
+            .bearer_auth(&api_token)
+            .send()
+            .await
+            .expect("sent")
+            .json()
+            .await
+            .expect("json");
+        if page["deliveries"].as_array().is_some_and(Vec::is_empty) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "deliveries still pending after restart"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let delivered: std::collections::HashSet<String> = std::fs::read_to_string(&events)
+        .expect("the sink's file")
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|e| e["data"]["finetune_id"].as_str().map(str::to_owned))
+        .collect();
+    let missing: Vec<&String> = acknowledged
+        .iter()
+        .filter(|id| !delivered.contains(*id))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged webhooks never reached the sink, such as {:?}",
+        missing.len(),
+        missing.first()
+    );
+    for id in acknowledged.iter().step_by(97) {
+        let status = client
+            .get(format!("http://{}/v1/jobs/{id}", server.addr))
+            .bearer_auth(&api_token)
+            .send()
+            .await
+            .expect("sent")
+            .status();
+        assert_eq!(
+            status,
+            reqwest::StatusCode::OK,
+            "{id} was acknowledged but is not stored"
+        );
+    }
+    let (status, _) =
+        tokio::task::spawn_blocking(move || server.terminate(Duration::from_secs(25)))
+            .await
+            .expect("terminate");
+    assert!(status.success());
+}
