@@ -677,3 +677,72 @@ async fn the_deliveries_list_filters_and_pages() {
     let (status, _) = app.get("/v1/deliveries/abc").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn a_sink_that_refuses_connections_then_fails_then_recovers_gets_everything_in_order() {
+    // An address where nothing listens yet.
+    let addr = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        probe.local_addr().expect("addr")
+    };
+    let app = spawn_app_with(|s| {
+        s.delivery.retry_schedule = vec![Duration::from_millis(50); 100];
+        s.sinks = vec![sink(&format!(
+            "name = \"b\"\nkind = \"http\"\nurl = \"http://{addr}/hook\""
+        ))];
+    })
+    .await;
+    let steps = ["TRAINING_COMPLETED", "INFERENCE_QUEUED", "AVAILABLE"];
+    for step in steps {
+        for job in ["j1", "j2", "j3"] {
+            app.post(json!({"event": step, "finetune_id": job})).await;
+        }
+    }
+    // Refused connections are recorded as failed attempts.
+    app.wait_for(
+        "/v1/deliveries?limit=500",
+        "failed attempts while the sink is down",
+        |b| {
+            b["deliveries"]
+                .as_array()
+                .is_some_and(|d| d.iter().any(|x| x["attempts"].as_i64().unwrap_or(0) >= 2))
+        },
+    )
+    .await;
+    // The sink comes back answering 500 for a while, then recovers.
+    let fake = FakeSink::answering_on(
+        addr,
+        |_, received| if received.len() < 6 { FAIL } else { OK },
+    )
+    .await;
+    app.wait_for(
+        "/v1/deliveries?status=delivered&limit=500",
+        "all delivered",
+        |b| b["deliveries"].as_array().is_some_and(|d| d.len() == 9),
+    )
+    .await;
+    assert!(
+        deliveries(&app, "status=dead").await.is_empty(),
+        "nothing dead"
+    );
+    let delivered: Vec<Value> = fake
+        .received()
+        .iter()
+        .filter(|r| r.json()["id"].is_string())
+        .map(|r| r.json())
+        .collect();
+    for job in ["j1", "j2", "j3"] {
+        // Every try of this job's events, in arrival order: a later event is
+        // never tried before an earlier one is through.
+        let tried: Vec<usize> = delivered
+            .iter()
+            .filter(|e| e["data"]["finetune_id"] == job)
+            .filter_map(|e| steps.iter().position(|s| e["data"]["status"] == *s))
+            .collect();
+        assert!(
+            tried.windows(2).all(|w| w[0] <= w[1]),
+            "{job} out of order: {tried:?}"
+        );
+        assert_eq!(tried.last(), Some(&2), "{job} got its last event");
+    }
+}

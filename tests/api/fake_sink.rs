@@ -76,13 +76,19 @@ impl FakeSink {
     pub async fn answering(
         behaviour: impl Fn(&Value, &[Received]) -> Reply + Send + Sync + 'static,
     ) -> FakeSink {
+        FakeSink::answering_on("127.0.0.1:0".parse().expect("addr"), behaviour).await
+    }
+
+    /// Like `answering`, on a given address (to bring a sink back where it was).
+    pub async fn answering_on(
+        addr: SocketAddr,
+        behaviour: impl Fn(&Value, &[Received]) -> Reply + Send + Sync + 'static,
+    ) -> FakeSink {
         let shared = Shared {
             received: Arc::default(),
             behaviour: Arc::new(Mutex::new(Arc::new(behaviour))),
         };
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
+        let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let app = Router::new()
             .route("/{*path}", post(receive))
