@@ -166,6 +166,8 @@ fn every_command_has_help_with_an_example() {
         "migrate",
         "check-config",
         "tokens",
+        "reconcile",
+        "healthcheck",
         "send-test-event",
     ] {
         let (ok, out, _) = run(tunehook(dir.path()).args([command, "--help"]));
