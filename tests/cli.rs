@@ -245,6 +245,35 @@ impl Server {
     }
 }
 
+/// Eight clients posting `event` webhooks for new jobs (`{prefix}{worker}-{n}`)
+/// as fast as they can, until the server goes away; each answers the ids
+/// that got a 2xx.
+fn post_until_gone(
+    client: &reqwest::Client,
+    url: &str,
+    prefix: &'static str,
+    event: &'static str,
+) -> Vec<tokio::task::JoinHandle<Vec<String>>> {
+    (0..8)
+        .map(|worker| {
+            let (client, url) = (client.clone(), url.to_owned());
+            tokio::spawn(async move {
+                let mut acknowledged = Vec::new();
+                for n in 0..100_000 {
+                    let id = format!("{prefix}{worker}-{n}");
+                    let body = serde_json::json!({"event": event, "finetune_id": id}).to_string();
+                    match client.post(&url).body(body).send().await {
+                        Ok(r) if r.status().is_success() => acknowledged.push(id),
+                        Ok(_) => {}
+                        Err(_) => break,
+                    }
+                }
+                acknowledged
+            })
+        })
+        .collect()
+}
+
 /// Reads `tunehook tokens`: the webhook path and the API token.
 fn tokens(dir: &Path) -> (String, String) {
     let (ok, out, err) = run(tunehook(dir).arg("tokens"));
@@ -452,23 +481,7 @@ async fn sigterm_under_load_loses_no_acknowledged_webhook_and_exits_in_time() {
         .expect("client");
 
     // Eight clients post as fast as they can until the server goes away.
-    let mut posters = Vec::new();
-    for worker in 0..8 {
-        let (client, url) = (client.clone(), url.clone());
-        posters.push(tokio::spawn(async move {
-            let mut acknowledged = Vec::new();
-            for n in 0..100_000 {
-                let id = format!("w{worker}-{n}");
-                let body = serde_json::json!({"event": "QUEUED", "finetune_id": id}).to_string();
-                match client.post(&url).body(body).send().await {
-                    Ok(r) if r.status().is_success() => acknowledged.push(id),
-                    Ok(_) => {}
-                    Err(_) => break,
-                }
-            }
-            acknowledged
-        }));
-    }
+    let posters = post_until_gone(&client, &url, "w", "QUEUED");
     tokio::time::sleep(Duration::from_millis(500)).await;
     let started = Instant::now();
     let (status, _) =
@@ -708,23 +721,7 @@ async fn kill_9_under_load_loses_no_acknowledged_webhook_and_every_transition_is
         .timeout(Duration::from_secs(10))
         .build()
         .expect("client");
-    let mut posters = Vec::new();
-    for worker in 0..8 {
-        let (client, url) = (client.clone(), url.clone());
-        posters.push(tokio::spawn(async move {
-            let mut acknowledged = Vec::new();
-            for n in 0..100_000 {
-                let id = format!("k{worker}-{n}");
-                let body = serde_json::json!({"event": "AVAILABLE", "finetune_id": id}).to_string();
-                match client.post(&url).body(body).send().await {
-                    Ok(r) if r.status().is_success() => acknowledged.push(id),
-                    Ok(_) => {}
-                    Err(_) => break,
-                }
-            }
-            acknowledged
-        }));
-    }
+    let posters = post_until_gone(&client, &url, "k", "AVAILABLE");
     tokio::time::sleep(Duration::from_millis(700)).await;
     server.child.kill().expect("SIGKILL");
     let _ = server.child.wait();
