@@ -20,6 +20,13 @@ fn sink(toml_text: &str) -> SinkSettings {
     toml::from_str(toml_text).expect("a valid sink")
 }
 
+/// An `http` sink named `name` posting to `url`.
+fn http_sink(name: &str, url: &str) -> SinkSettings {
+    sink(&format!(
+        "name = \"{name}\"\nkind = \"http\"\nurl = \"{url}\""
+    ))
+}
+
 fn fast_retries(settings: &mut Settings) {
     settings.delivery.retry_schedule = vec![Duration::from_millis(20); 3];
     settings.delivery.timeout = Duration::from_secs(5);
@@ -149,11 +156,7 @@ async fn a_sink_that_fails_twice_gets_the_event_once_on_the_third_attempt() {
         }
     })
     .await;
-    let app = app_with_sinks(vec![sink(&format!(
-        "name = \"b\"\nkind = \"http\"\nurl = \"{}\"",
-        fake.url()
-    ))])
-    .await;
+    let app = app_with_sinks(vec![http_sink("b", &fake.url())]).await;
     app.post(json!({"event": "AVAILABLE", "finetune_id": "f3"}))
         .await;
 
@@ -207,11 +210,7 @@ async fn retry_after_from_the_sink_is_honoured() {
         }
     })
     .await;
-    let app = app_with_sinks(vec![sink(&format!(
-        "name = \"b\"\nkind = \"http\"\nurl = \"{}\"",
-        fake.url()
-    ))])
-    .await;
+    let app = app_with_sinks(vec![http_sink("b", &fake.url())]).await;
     app.post(json!({"event": "AVAILABLE", "finetune_id": "ra"}))
         .await;
     let received = fake.wait_for(2).await;
@@ -225,11 +224,7 @@ async fn retry_after_from_the_sink_is_honoured() {
 #[tokio::test]
 async fn an_exhausted_delivery_is_dead_until_retried_by_hand() {
     let fake = FakeSink::answering(|_, _| FAIL).await;
-    let app = app_with_sinks(vec![sink(&format!(
-        "name = \"b\"\nkind = \"http\"\nurl = \"{}\"",
-        fake.url()
-    ))])
-    .await;
+    let app = app_with_sinks(vec![http_sink("b", &fake.url())]).await;
     app.post(json!({"event": "FAILED", "finetune_id": "dead"}))
         .await;
 
@@ -288,10 +283,7 @@ async fn a_failing_event_holds_later_events_of_its_job_but_not_other_jobs() {
     .await;
     let app = spawn_app_with(|s| {
         s.delivery.retry_schedule = vec![Duration::from_millis(100); 5];
-        s.sinks = vec![sink(&format!(
-            "name = \"b\"\nkind = \"http\"\nurl = \"{}\"",
-            fake.url()
-        ))];
+        s.sinks = vec![http_sink("b", &fake.url())];
     })
     .await;
     for (id, status) in [
@@ -355,10 +347,7 @@ async fn deliveries_pending_at_shutdown_are_delivered_after_a_restart() {
     .await;
     let app = spawn_app_with(|s| {
         s.delivery.retry_schedule = vec![Duration::from_millis(50); 50];
-        s.sinks = vec![sink(&format!(
-            "name = \"b\"\nkind = \"http\"\nurl = \"{}\"",
-            fake.url()
-        ))];
+        s.sinks = vec![http_sink("b", &fake.url())];
     })
     .await;
     for i in 0..5 {
@@ -386,7 +375,7 @@ async fn a_status_filter_forwards_only_the_statuses_it_names() {
     let all = FakeSink::start().await;
     let done = FakeSink::start().await;
     let app = app_with_sinks(vec![
-        sink(&format!("name = \"all\"\nkind = \"http\"\nurl = \"{}\"", all.url())),
+        http_sink("all", &all.url()),
         sink(&format!("name = \"done\"\nkind = \"http\"\nurl = \"{}\"\nstatuses = [\"available\", \"FAILED\"]", done.url())),
     ])
     .await;
@@ -418,11 +407,7 @@ async fn a_sink_added_later_receives_only_new_events_until_replayed() {
         .await;
     let url = fake.url();
     let app = app
-        .restart_with(|s| {
-            s.sinks = vec![sink(&format!(
-                "name = \"late\"\nkind = \"http\"\nurl = \"{url}\""
-            ))]
-        })
+        .restart_with(|s| s.sinks = vec![http_sink("late", &url)])
         .await;
     app.post(json!({"event": "AVAILABLE", "finetune_id": "new"}))
         .await;
@@ -631,11 +616,7 @@ async fn slack_and_discord_get_a_message_naming_the_job_its_change_and_urls() {
 #[tokio::test]
 async fn the_deliveries_list_filters_and_pages() {
     let fake = FakeSink::start().await;
-    let app = app_with_sinks(vec![sink(&format!(
-        "name = \"b\"\nkind = \"http\"\nurl = \"{}\"",
-        fake.url()
-    ))])
-    .await;
+    let app = app_with_sinks(vec![http_sink("b", &fake.url())]).await;
     for i in 0..3 {
         app.post(json!({"event": "AVAILABLE", "finetune_id": format!("p{i}")}))
             .await;
@@ -687,9 +668,7 @@ async fn a_sink_that_refuses_connections_then_fails_then_recovers_gets_everythin
     };
     let app = spawn_app_with(|s| {
         s.delivery.retry_schedule = vec![Duration::from_millis(50); 100];
-        s.sinks = vec![sink(&format!(
-            "name = \"b\"\nkind = \"http\"\nurl = \"http://{addr}/hook\""
-        ))];
+        s.sinks = vec![http_sink("b", &format!("http://{addr}/hook"))];
     })
     .await;
     let steps = ["TRAINING_COMPLETED", "INFERENCE_QUEUED", "AVAILABLE"];
