@@ -91,16 +91,33 @@ pub async fn run(
 
 async fn work(sink: Arc<Sink>, store: Store, shutdown: CancellationToken, grace: Duration) {
     let mut changes = store.outbox_changes();
-    let mut attempts: JoinSet<i64> = JoinSet::new();
+    // Attempts talking to the sink (bounded by the sink's concurrency), and
+    // the records of finished attempts on their way to the database. A
+    // delivery stays in `in_flight` until its record is committed, so it is
+    // never taken twice, and a job's next delivery waits for that record.
+    let mut attempts: JoinSet<AttemptRecord> = JoinSet::new();
+    let mut records: JoinSet<i64> = JoinSet::new();
     let mut in_flight: HashSet<i64> = HashSet::new();
     tracing::info!(sink = %sink.name, "delivery worker started");
     loop {
-        let free = sink.concurrency.saturating_sub(in_flight.len());
+        while let Some(done) = attempts.try_join_next() {
+            if let Ok(record) = done {
+                records.spawn(record_attempt(Arc::clone(&sink), store.clone(), record));
+            }
+        }
+        while let Some(done) = records.try_join_next() {
+            if let Ok(id) = done {
+                in_flight.remove(&id);
+            }
+        }
+        let free = sink.concurrency.saturating_sub(attempts.len());
         let now = now_rfc3339();
+        let mut more_due = false;
         if free > 0 {
-            let limit = (free + in_flight.len()) as u32;
-            match store.due_deliveries(&sink.name, &now, limit).await {
+            let limit = free + in_flight.len();
+            match store.due_deliveries(&sink.name, &now, limit as u32).await {
                 Ok(due) => {
+                    more_due = due.len() >= limit;
                     let fresh: Vec<_> = due
                         .into_iter()
                         .filter(|d| !in_flight.contains(&d.id))
@@ -108,7 +125,7 @@ async fn work(sink: Arc<Sink>, store: Store, shutdown: CancellationToken, grace:
                         .collect();
                     for delivery in fresh {
                         in_flight.insert(delivery.id);
-                        attempts.spawn(attempt(Arc::clone(&sink), store.clone(), delivery));
+                        attempts.spawn(attempt(Arc::clone(&sink), delivery));
                     }
                 }
                 Err(e) => {
@@ -116,13 +133,24 @@ async fn work(sink: Arc<Sink>, store: Store, shutdown: CancellationToken, grace:
                 }
             }
         }
-        let wait = match store.next_due_after(&sink.name, &now).await {
-            Ok(Some(at)) => until(&at).min(POLL),
-            _ => POLL,
+        // With work in flight or more waiting, the next wake-up comes from
+        // a finished attempt or record; otherwise sleep until the next retry.
+        let wait = if more_due || !in_flight.is_empty() {
+            POLL
+        } else {
+            match store.next_due_after(&sink.name, &now).await {
+                Ok(Some(at)) => until(&at).min(POLL),
+                _ => POLL,
+            }
         };
         tokio::select! {
             () = shutdown.cancelled() => break,
             Some(done) = attempts.join_next(), if !attempts.is_empty() => {
+                if let Ok(record) = done {
+                    records.spawn(record_attempt(Arc::clone(&sink), store.clone(), record));
+                }
+            }
+            Some(done) = records.join_next(), if !records.is_empty() => {
                 if let Ok(id) = done {
                     in_flight.remove(&id);
                 }
@@ -136,12 +164,18 @@ async fn work(sink: Arc<Sink>, store: Store, shutdown: CancellationToken, grace:
         }
     }
     let drained = tokio::time::timeout(grace, async {
-        while attempts.join_next().await.is_some() {}
+        while let Some(done) = attempts.join_next().await {
+            if let Ok(record) = done {
+                records.spawn(record_attempt(Arc::clone(&sink), store.clone(), record));
+            }
+        }
+        while records.join_next().await.is_some() {}
     })
     .await;
     if drained.is_err() {
         tracing::warn!(sink = %sink.name, "attempts still running at shutdown stay pending");
         attempts.abort_all();
+        records.abort_all();
     }
 }
 
@@ -157,8 +191,8 @@ fn until(at: &str) -> Duration {
         .unwrap_or(Duration::ZERO)
 }
 
-/// One attempt, recorded with what follows it. Returns the delivery's id.
-async fn attempt(sink: Arc<Sink>, store: Store, delivery: DueDelivery) -> i64 {
+/// One attempt; answers its record, with what follows it.
+async fn attempt(sink: Arc<Sink>, delivery: DueDelivery) -> AttemptRecord {
     let started_at = now_rfc3339();
     let clock = std::time::Instant::now();
     let result = sink.target.deliver(&delivery, sink.timeout).await;
@@ -189,7 +223,7 @@ async fn attempt(sink: Arc<Sink>, store: Store, delivery: DueDelivery) -> i64 {
             tracing::error!(sink = %sink.name, delivery = delivery.id, error = result.error.as_deref().unwrap_or("-"), "delivery is dead after its last attempt")
         }
     }
-    let record = AttemptRecord {
+    AttemptRecord {
         delivery_id: delivery.id,
         started_at,
         finished_at: now_rfc3339(),
@@ -199,10 +233,15 @@ async fn attempt(sink: Arc<Sink>, store: Store, delivery: DueDelivery) -> i64 {
         error: result.error,
         response: result.response,
         next,
-    };
+    }
+}
+
+/// Records an attempt and what follows it. Returns the delivery's id.
+async fn record_attempt(sink: Arc<Sink>, store: Store, record: AttemptRecord) -> i64 {
+    let id = record.delivery_id;
     if let Err(e) = store.record_attempt(record).await {
         // The delivery stays pending and is attempted again: at least once.
-        tracing::error!(sink = %sink.name, delivery = delivery.id, error = %e, "cannot record an attempt");
+        tracing::error!(sink = %sink.name, delivery = id, error = %e, "cannot record an attempt");
     }
-    delivery.id
+    id
 }

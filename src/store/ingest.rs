@@ -7,8 +7,8 @@
 
 use super::{outbox::SinkRoute, plan::Planner};
 use crate::domain::{Decision, Job, Observation, Payload, Source};
+use rusqlite::{Connection, params};
 use serde::Serialize;
-use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 use std::collections::BTreeSet;
 
 /// A webhook request as received, ready to store.
@@ -81,21 +81,21 @@ pub struct IngestResult {
 }
 
 /// Stores `requests` in order; answers one result per request.
-pub(super) async fn execute_batch(
-    conn: &mut SqliteConnection,
+pub(super) fn execute_batch(
+    conn: &Connection,
     requests: &[&IngestRequest],
     routes: &[SinkRoute],
-) -> Result<Vec<IngestResult>, sqlx::Error> {
+) -> rusqlite::Result<Vec<IngestResult>> {
     let named: BTreeSet<&str> = requests
         .iter()
         .filter_map(|r| observable(r).map(|(id, _)| id))
         .collect();
-    let mut planner = Planner::load(conn, &named, routes).await?;
+    let mut planner = Planner::load(conn, &named, routes)?;
     // The single writer is the only one inserting receipts, so ids can be
     // assigned here and used by the transitions that refer to them.
-    let next_id: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) + 1 FROM receipts")
-        .fetch_one(&mut *conn)
-        .await?;
+    let next_id: i64 = conn
+        .prepare_cached("SELECT COALESCE(MAX(id), 0) + 1 FROM receipts")?
+        .query_row([], |row| row.get(0))?;
 
     let mut results = Vec::with_capacity(requests.len());
     for (receipt_id, request) in (next_id..).zip(requests) {
@@ -144,12 +144,12 @@ pub(super) async fn execute_batch(
         results.push(result);
     }
 
-    insert_receipts(conn, requests, &results).await?;
+    insert_receipts(conn, requests, &results)?;
     let now = requests
         .first()
-        .map(|r| r.received_at.clone())
+        .map(|r| r.received_at.as_str())
         .unwrap_or_default();
-    planner.write(conn, &now).await?;
+    planner.write(conn, now)?;
     Ok(results)
 }
 
@@ -159,33 +159,33 @@ fn observable(request: &IngestRequest) -> Option<(&str, &crate::domain::Status)>
     Some((payload.finetune_id.as_deref()?, payload.status.as_ref()?))
 }
 
-async fn insert_receipts(
-    conn: &mut SqliteConnection,
+fn insert_receipts(
+    conn: &Connection,
     requests: &[&IngestRequest],
     results: &[IngestResult],
-) -> Result<(), sqlx::Error> {
-    let rows: Vec<_> = requests.iter().zip(results).collect();
-    for chunk in rows.chunks(300) {
-        let mut query = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO receipts (id, received_at, body, body_sha256, headers, outcome, finetune_id, status, event_id, error) ",
-        );
-        query.push_values(chunk, |mut row, (request, result)| {
-            let (event_id, error) = match &request.payload {
-                Ok(payload) => (payload.event_id.clone(), None),
-                Err(reason) => (None, Some(reason.clone())),
-            };
-            row.push_bind(result.receipt_id)
-                .push_bind(request.received_at.clone())
-                .push_bind(request.body.clone())
-                .push_bind(request.body_sha256.clone())
-                .push_bind(request.headers.clone())
-                .push_bind(result.outcome.as_str())
-                .push_bind(result.finetune_id.clone())
-                .push_bind(result.status.clone())
-                .push_bind(event_id)
-                .push_bind(error);
-        });
-        query.build().execute(&mut *conn).await?;
+) -> rusqlite::Result<()> {
+    let mut statement = conn.prepare_cached(
+        "INSERT INTO receipts (id, received_at, body, body_sha256, headers, outcome,
+            finetune_id, status, event_id, error)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )?;
+    for (request, result) in requests.iter().zip(results) {
+        let (event_id, error) = match &request.payload {
+            Ok(payload) => (payload.event_id.as_deref(), None),
+            Err(reason) => (None, Some(reason.as_str())),
+        };
+        statement.execute(params![
+            result.receipt_id,
+            request.received_at,
+            request.body,
+            request.body_sha256,
+            request.headers,
+            result.outcome.as_str(),
+            result.finetune_id,
+            result.status,
+            event_id,
+            error,
+        ])?;
     }
     Ok(())
 }

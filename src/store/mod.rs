@@ -1,10 +1,12 @@
 //! Storage: the only place SQL lives.
 //!
-//! SQLite allows one writer at a time, so every write goes through one task
+//! SQLite allows one writer at a time, so every write goes through one thread
 //! (`writer`) that commits whatever requests are waiting as one transaction
 //! (group commit) and answers each request only after that commit is on disk.
-//! Reads use a separate pool of read-only connections, which WAL mode lets
-//! run alongside the writer.
+//! The writer drives its connection directly (rusqlite) so a batch's
+//! statements run back to back on its thread; migrations and reads use sqlx,
+//! reads through a pool of read-only connections, which WAL mode lets run
+//! alongside the writer.
 
 mod ingest;
 mod jobs;
@@ -75,6 +77,8 @@ impl Store {
         create_parent_dir(options.get_filename())?;
         let mut conn = options.connect().await?;
         MIGRATOR.run(&mut conn).await?;
+        conn.close().await?;
+        let conn = open_writer(options.get_filename(), settings)?;
         let reads = SqlitePoolOptions::new()
             .max_connections(settings.read_connections)
             .min_connections(1)
@@ -190,6 +194,34 @@ fn connect_options(settings: &DatabaseSettings) -> Result<SqliteConnectOptions, 
         .foreign_keys(true)
         .busy_timeout(settings.busy_timeout)
         .disable_statement_logging())
+}
+
+/// The writer's connection, with the same settings as sqlx's.
+fn open_writer(
+    file: &Path,
+    settings: &DatabaseSettings,
+) -> Result<rusqlite::Connection, StoreError> {
+    let open = || -> rusqlite::Result<rusqlite::Connection> {
+        let conn = rusqlite::Connection::open(file)?;
+        conn.busy_timeout(settings.busy_timeout)?;
+        conn.pragma_update(None, "journal_mode", "wal")?;
+        conn.pragma_update(
+            None,
+            "synchronous",
+            match settings.synchronous {
+                Synchronous::Full => "full",
+                Synchronous::Normal => "normal",
+            },
+        )?;
+        conn.pragma_update(None, "foreign_keys", true)?;
+        // Savepoints' statement journals stay in memory, not in temp files.
+        conn.pragma_update(None, "temp_store", "memory")?;
+        conn.set_prepared_statement_cache_capacity(64);
+        Ok(conn)
+    };
+    open().map_err(|e| {
+        StoreError::Unavailable(format!("cannot open {} for writing: {e}", file.display()))
+    })
 }
 
 fn create_parent_dir(file: &Path) -> Result<(), StoreError> {

@@ -4,11 +4,10 @@
 
 use super::{Store, StoreError};
 use crate::domain::Status;
+use rusqlite::{Connection, params};
 use serde::Serialize;
-use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
+use sqlx::{QueryBuilder, Sqlite};
 use std::collections::BTreeMap;
-
-const CHUNK: usize = 500;
 
 /// A configured sink as the store sees it: its name and its status filter.
 #[derive(Debug, Clone)]
@@ -34,24 +33,17 @@ pub struct NewDelivery {
     pub finetune_id: String,
 }
 
-pub(super) async fn insert_deliveries(
-    conn: &mut SqliteConnection,
+pub(super) fn insert_deliveries(
+    conn: &Connection,
     deliveries: &[NewDelivery],
     now: &str,
-) -> Result<(), sqlx::Error> {
-    for chunk in deliveries.chunks(CHUNK) {
-        let mut query = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO deliveries (sink, event_id, finetune_id, status, next_attempt_at, created_at) ",
-        );
-        query.push_values(chunk, |mut row, d| {
-            row.push_bind(d.sink.clone())
-                .push_bind(d.event_id.clone())
-                .push_bind(d.finetune_id.clone())
-                .push_bind("pending")
-                .push_bind(now.to_owned())
-                .push_bind(now.to_owned());
-        });
-        query.build().execute(&mut *conn).await?;
+) -> rusqlite::Result<()> {
+    let mut statement = conn.prepare_cached(
+        "INSERT INTO deliveries (sink, event_id, finetune_id, status, next_attempt_at, created_at)
+         VALUES (?1, ?2, ?3, 'pending', ?4, ?4)",
+    )?;
+    for d in deliveries {
+        statement.execute((&d.sink, &d.event_id, &d.finetune_id, now))?;
     }
     Ok(())
 }
@@ -78,58 +70,52 @@ pub struct AttemptRecord {
     pub next: NextStep,
 }
 
-pub(super) async fn record_attempt(
-    conn: &mut SqliteConnection,
-    r: &AttemptRecord,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
+pub(super) fn record_attempt(conn: &Connection, r: &AttemptRecord) -> rusqlite::Result<()> {
+    conn.prepare_cached(
         "INSERT INTO delivery_attempts (delivery_id, started_at, duration_ms, status_code, exit_code, error, response)
-         VALUES (?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(r.delivery_id)
-    .bind(&r.started_at)
-    .bind(r.duration_ms)
-    .bind(r.status_code)
-    .bind(r.exit_code)
-    .bind(&r.error)
-    .bind(&r.response)
-    .execute(&mut *conn)
-    .await?;
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![
+        r.delivery_id,
+        r.started_at,
+        r.duration_ms,
+        r.status_code,
+        r.exit_code,
+        r.error,
+        r.response,
+    ])?;
     let (status, next_at, delivered_at) = match &r.next {
         NextStep::Delivered => ("delivered", None, Some(r.finished_at.as_str())),
         NextStep::RetryAt(at) => ("pending", Some(at.as_str()), None),
         NextStep::Dead => ("dead", None, None),
     };
-    sqlx::query(
-        "UPDATE deliveries SET status = ?, attempts = attempts + 1, retry_step = retry_step + 1,
-            next_attempt_at = COALESCE(?, next_attempt_at), delivered_at = COALESCE(?, delivered_at),
-            last_error = ?, last_status_code = ?, last_attempt_at = ?
-         WHERE id = ? AND status = 'pending'",
-    )
-    .bind(status)
-    .bind(next_at)
-    .bind(delivered_at)
-    .bind(&r.error)
-    .bind(r.status_code.or(r.exit_code))
-    .bind(&r.started_at)
-    .bind(r.delivery_id)
-    .execute(&mut *conn)
-    .await?;
+    conn.prepare_cached(
+        "UPDATE deliveries SET status = ?1, attempts = attempts + 1, retry_step = retry_step + 1,
+            next_attempt_at = COALESCE(?2, next_attempt_at), delivered_at = COALESCE(?3, delivered_at),
+            last_error = ?4, last_status_code = ?5, last_attempt_at = ?6
+         WHERE id = ?7 AND status = 'pending'",
+    )?
+    .execute(params![
+        status,
+        next_at,
+        delivered_at,
+        r.error,
+        r.status_code.or(r.exit_code),
+        r.started_at,
+        r.delivery_id,
+    ])?;
     Ok(())
 }
 
 /// Puts a dead or delivered delivery back to pending, due now, with a fresh
 /// retry schedule. False when it is unknown or already pending.
-pub(super) async fn retry(conn: &mut SqliteConnection, id: i64) -> Result<bool, sqlx::Error> {
-    let updated = sqlx::query(
-        "UPDATE deliveries SET status = 'pending', retry_step = 0, next_attempt_at = ?
-         WHERE id = ? AND status IN ('dead', 'delivered')",
-    )
-    .bind(crate::time::now_rfc3339())
-    .bind(id)
-    .execute(&mut *conn)
-    .await?;
-    Ok(updated.rows_affected() == 1)
+pub(super) fn retry(conn: &Connection, id: i64) -> rusqlite::Result<bool> {
+    let updated = conn.execute(
+        "UPDATE deliveries SET status = 'pending', retry_step = 0, next_attempt_at = ?1
+         WHERE id = ?2 AND status IN ('dead', 'delivered')",
+        (crate::time::now_rfc3339(), id),
+    )?;
+    Ok(updated == 1)
 }
 
 /// Past events to send again to one sink.
@@ -142,42 +128,34 @@ pub struct ReplayRequest {
 
 /// Enqueues new deliveries of the events since `since` (that the sink's
 /// filter takes) to the sink; returns how many.
-pub(super) async fn replay(
-    conn: &mut SqliteConnection,
+pub(super) fn replay(
+    conn: &Connection,
     request: &ReplayRequest,
     routes: &[SinkRoute],
-) -> Result<u64, sqlx::Error> {
+) -> rusqlite::Result<u64> {
     let Some(route) = routes.iter().find(|r| r.name == request.sink) else {
         return Ok(0);
     };
-    let now = crate::time::now_rfc3339();
-    let mut query = QueryBuilder::<Sqlite>::new(
-        "INSERT INTO deliveries (sink, event_id, finetune_id, status, next_attempt_at, created_at) SELECT ",
-    );
-    query
-        .push_bind(route.name.clone())
-        .push(", event_id, finetune_id, 'pending', ")
-        .push_bind(now.clone())
-        .push(", ")
-        .push_bind(now)
-        .push(" FROM transitions WHERE observed_at >= ")
-        .push_bind(request.since.clone());
-    if let Some(id) = &request.finetune_id {
-        query.push(" AND finetune_id = ").push_bind(id.clone());
-    }
-    if let Some(statuses) = &route.statuses {
-        if statuses.is_empty() {
-            return Ok(0);
-        }
-        query.push(" AND to_status IN (");
-        let mut list = query.separated(", ");
-        for status in statuses {
-            list.push_bind(status.as_str().to_owned());
-        }
-        list.push_unseparated(")");
-    }
-    query.push(" ORDER BY id");
-    Ok(query.build().execute(&mut *conn).await?.rows_affected())
+    // The sink's status filter, as a JSON array (`null` takes every status).
+    let statuses = route.statuses.as_ref().map(|list| {
+        serde_json::Value::from(list.iter().map(Status::as_str).collect::<Vec<_>>()).to_string()
+    });
+    let inserted = conn.execute(
+        "INSERT INTO deliveries (sink, event_id, finetune_id, status, next_attempt_at, created_at)
+         SELECT ?1, event_id, finetune_id, 'pending', ?2, ?2 FROM transitions
+         WHERE observed_at >= ?3
+           AND (?4 IS NULL OR finetune_id = ?4)
+           AND (?5 IS NULL OR to_status IN (SELECT value FROM json_each(?5)))
+         ORDER BY id",
+        params![
+            route.name,
+            crate::time::now_rfc3339(),
+            request.since,
+            request.finetune_id,
+            statuses,
+        ],
+    )?;
+    Ok(inserted as u64)
 }
 
 /// A delivery due for an attempt, with the event it carries.

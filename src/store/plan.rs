@@ -9,7 +9,7 @@ use super::{
     outbox::{self, NewDelivery, SinkRoute},
 };
 use crate::domain::{Decision, Effect, Job, Observation, event, observe};
-use sqlx::SqliteConnection;
+use rusqlite::Connection;
 use std::collections::{BTreeSet, HashMap};
 
 pub(super) struct Planner<'r> {
@@ -29,13 +29,13 @@ pub(super) struct Planned {
 
 impl<'r> Planner<'r> {
     /// Loads the jobs with these ids.
-    pub async fn load(
-        conn: &mut SqliteConnection,
+    pub fn load(
+        conn: &Connection,
         ids: &BTreeSet<&str>,
         routes: &'r [SinkRoute],
-    ) -> Result<Planner<'r>, sqlx::Error> {
+    ) -> rusqlite::Result<Planner<'r>> {
         Ok(Planner {
-            known: jobs::load(conn, ids).await?,
+            known: jobs::load(conn, ids)?,
             changed: BTreeSet::new(),
             transitions: Vec::new(),
             deliveries: Vec::new(),
@@ -99,14 +99,14 @@ impl<'r> Planner<'r> {
     }
 
     /// Writes the changed jobs, the transitions and the deliveries (due `now`).
-    pub async fn write(self, conn: &mut SqliteConnection, now: &str) -> Result<(), sqlx::Error> {
+    pub fn write(self, conn: &Connection, now: &str) -> rusqlite::Result<()> {
         let changed: Vec<&Job> = self
             .changed
             .iter()
             .filter_map(|id| self.known.get(id).and_then(Option::as_ref))
             .collect();
-        jobs::upsert(conn, &changed).await?;
-        jobs::insert_transitions(conn, &self.transitions).await?;
-        outbox::insert_deliveries(conn, &self.deliveries, now).await
+        jobs::upsert(conn, &changed)?;
+        jobs::insert_transitions(conn, &self.transitions)?;
+        outbox::insert_deliveries(conn, &self.deliveries, now)
     }
 }

@@ -7,8 +7,8 @@ use crate::{
     domain::{Decision, JobFields, Observation, Source, Status},
     time::now_rfc3339,
 };
+use rusqlite::Connection;
 use serde::Serialize;
-use sqlx::SqliteConnection;
 use std::collections::BTreeSet;
 
 /// One job as Segmind's API described it.
@@ -32,16 +32,16 @@ pub struct ReconcileSummary {
     pub applied: Vec<String>,
 }
 
-pub(super) async fn apply(
-    conn: &mut SqliteConnection,
+pub(super) fn apply(
+    conn: &Connection,
     observations: &[RemoteObservation],
     routes: &[SinkRoute],
-) -> Result<ReconcileSummary, sqlx::Error> {
+) -> rusqlite::Result<ReconcileSummary> {
     let ids: BTreeSet<&str> = observations
         .iter()
         .map(|o| o.finetune_id.as_str())
         .collect();
-    let mut planner = Planner::load(conn, &ids, routes).await?;
+    let mut planner = Planner::load(conn, &ids, routes)?;
     let now = now_rfc3339();
     let mut summary = ReconcileSummary {
         jobs_seen: ids.len(),
@@ -65,6 +65,6 @@ pub(super) async fn apply(
         }
         summary.deliveries += planned.deliveries;
     }
-    planner.write(conn, &now).await?;
+    planner.write(conn, &now)?;
     Ok(summary)
 }

@@ -2,7 +2,7 @@
 //! URL registered in Segmind's console survives restarts.
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
-use sqlx::SqliteConnection;
+use rusqlite::Connection;
 
 /// The generated tokens. Configured tokens, when present, are used instead.
 #[derive(Clone)]
@@ -17,26 +17,21 @@ impl std::fmt::Debug for Tokens {
     }
 }
 
-pub(super) async fn load_or_generate(conn: &mut SqliteConnection) -> Result<Tokens, sqlx::Error> {
+pub(super) fn load_or_generate(conn: &Connection) -> rusqlite::Result<Tokens> {
     Ok(Tokens {
-        ingest: load_or_generate_one(conn, "ingest_token").await?,
-        api: load_or_generate_one(conn, "api_token").await?,
+        ingest: load_or_generate_one(conn, "ingest_token")?,
+        api: load_or_generate_one(conn, "api_token")?,
     })
 }
 
-async fn load_or_generate_one(
-    conn: &mut SqliteConnection,
-    key: &str,
-) -> Result<String, sqlx::Error> {
-    sqlx::query("INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING")
-        .bind(key)
-        .bind(random_token())
-        .execute(&mut *conn)
-        .await?;
-    sqlx::query_scalar("SELECT value FROM settings WHERE key = ?")
-        .bind(key)
-        .fetch_one(&mut *conn)
-        .await
+fn load_or_generate_one(conn: &Connection, key: &str) -> rusqlite::Result<String> {
+    conn.execute(
+        "INSERT INTO settings (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO NOTHING",
+        (key, random_token()),
+    )?;
+    conn.query_row("SELECT value FROM settings WHERE key = ?1", [key], |row| {
+        row.get(0)
+    })
 }
 
 /// 256 random bits, URL-safe base64 without padding (43 characters).

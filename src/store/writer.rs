@@ -1,13 +1,14 @@
 //! The single writer, with group commit.
 //!
-//! Requests queue on a channel. The writer takes every request waiting (up
-//! to `max_batch`), stores them all in one transaction, commits once, and
-//! only then answers each request. One fsync covers the whole batch, so
-//! throughput grows with load while every answer still means "on disk".
-//! Webhooks in a batch are stored together with a few multi-row statements;
-//! when a constraint refuses that, they are stored one by one, each in its
-//! own savepoint, so only the one at fault is refused. Every other request
-//! runs in a savepoint of its own.
+//! Requests queue on a channel. The writer, a thread of its own holding the
+//! one write connection, takes every request waiting (up to `max_batch`),
+//! stores them all in one transaction, commits once, and only then answers
+//! each request. One fsync covers the whole batch, so throughput grows with
+//! load while every answer still means "on disk". The statements run on this
+//! thread, prepared once and cached, with no hand-off per statement.
+//! Webhooks in a batch are stored together; when a constraint refuses that,
+//! they are stored one by one, each in its own savepoint, so only the one at
+//! fault is refused. Every other request runs in a savepoint of its own.
 
 use super::{
     StoreError,
@@ -16,7 +17,7 @@ use super::{
     reconcile::{self, ReconcileSummary, RemoteObservation},
     tokens::{self, Tokens},
 };
-use sqlx::{Acquire, Connection, SqliteConnection, Transaction, sqlite::Sqlite};
+use rusqlite::{Connection, ErrorCode, Transaction};
 use std::sync::Arc;
 use tokio::{
     sync::{mpsc, oneshot, watch},
@@ -76,14 +77,14 @@ pub(super) fn mismatch() -> StoreError {
 }
 
 struct Writer {
-    conn: SqliteConnection,
+    conn: Connection,
     routes: Arc<Vec<SinkRoute>>,
     /// Bumped after each commit that made deliveries due.
     outbox: watch::Sender<u64>,
 }
 
 pub(super) fn spawn(
-    conn: SqliteConnection,
+    conn: Connection,
     max_batch: usize,
     routes: Arc<Vec<SinkRoute>>,
     outbox: watch::Sender<u64>,
@@ -94,68 +95,49 @@ pub(super) fn spawn(
         routes,
         outbox,
     };
-    let task = tokio::spawn(writer.run(rx, max_batch));
+    let task = tokio::task::spawn_blocking(move || writer.run(rx, max_batch.max(1)));
     (WriterHandle { tx }, task)
 }
 
 impl Writer {
-    async fn run(mut self, mut rx: mpsc::Receiver<(Step, ReplyTo)>, max_batch: usize) {
+    fn run(mut self, mut rx: mpsc::Receiver<(Step, ReplyTo)>, max_batch: usize) {
         let mut batch = Vec::with_capacity(max_batch);
-        while rx.recv_many(&mut batch, max_batch).await > 0 {
+        while let Some(first) = rx.blocking_recv() {
+            batch.push(first);
+            while batch.len() < max_batch {
+                match rx.try_recv() {
+                    Ok(next) => batch.push(next),
+                    Err(_) => break,
+                }
+            }
             let started = std::time::Instant::now();
             let size = batch.len();
-            self.commit_batch(&mut batch).await;
+            self.commit_batch(&mut batch);
             tracing::debug!(
                 size,
                 elapsed_us = started.elapsed().as_micros() as u64,
                 "batch committed"
             );
         }
-        if let Err(e) = self.conn.close().await {
+        if let Err((_, e)) = self.conn.close() {
             tracing::warn!(error = %e, "closing the database failed");
         }
     }
 
     /// Runs every step of `batch` in one transaction and answers them all
     /// once it is committed (or all with 503 when it cannot be).
-    async fn commit_batch(&mut self, batch: &mut Vec<(Step, ReplyTo)>) {
+    fn commit_batch(&mut self, batch: &mut Vec<(Step, ReplyTo)>) {
+        let (steps, replies): (Vec<Step>, Vec<ReplyTo>) = batch.drain(..).unzip();
         let routes = Arc::clone(&self.routes);
-        let mut tx = match Connection::begin(&mut self.conn).await {
-            Ok(tx) => tx,
+        let results = match store_together(&mut self.conn, &steps, &routes) {
+            Ok(outputs) => outputs.into_iter().map(Ok).collect(),
             Err(e) => {
-                tracing::error!(error = %e, "cannot begin a write transaction; answering 503");
-                for (_, reply) in batch.drain(..) {
-                    let _ = reply.send(Err(unavailable(e.to_string())));
-                }
-                return;
+                tracing::warn!(error = %e, steps = steps.len(), "a batch failed as a whole; storing its steps apart");
+                store_apart(&mut self.conn, &steps, &routes)
             }
         };
-        let mut ingests = Vec::new();
-        let mut replies: Vec<(ReplyTo, Result<Output, StoreError>)> =
-            Vec::with_capacity(batch.len());
-        for (step, reply) in batch.drain(..) {
-            match step {
-                Step::Ingest(request) => ingests.push((request, reply)),
-                other => {
-                    let result = in_savepoint(&mut tx, Work::Single(other), &routes).await;
-                    replies.push((reply, result.map_err(StoreError::from).and_then(one)));
-                }
-            }
-        }
-        let requests: Vec<&IngestRequest> = ingests.iter().map(|(r, _)| r.as_ref()).collect();
-        let results = store_webhooks(&mut tx, &requests, &routes).await;
-        replies.extend(ingests.into_iter().map(|(_, reply)| reply).zip(results));
-
-        let committed = tx.commit().await;
-        if let Err(e) = &committed {
-            tracing::error!(error = %e, requests = replies.len(), "commit failed; answering 503");
-        }
         let mut outbox_changed = false;
-        for (reply, result) in replies {
-            let result = match &committed {
-                Ok(()) => result,
-                Err(e) => Err(unavailable(e.to_string())),
-            };
+        for (reply, result) in replies.into_iter().zip(results) {
             outbox_changed |= matches!(
                 &result,
                 Ok(Output::Ingest(IngestResult {
@@ -179,17 +161,105 @@ impl Writer {
     }
 }
 
+/// The fast path: every step in one transaction without savepoints (the
+/// webhooks together, the others in turn), committed. Any error rolls the
+/// whole batch back, for `store_apart` to redo.
+fn store_together(
+    conn: &mut Connection,
+    steps: &[Step],
+    routes: &[SinkRoute],
+) -> rusqlite::Result<Vec<Output>> {
+    let tx = conn.transaction()?;
+    let mut outputs: Vec<Option<Output>> = Vec::with_capacity(steps.len());
+    let mut webhooks = Vec::new();
+    for step in steps {
+        match step {
+            Step::Ingest(request) => {
+                webhooks.push((outputs.len(), request.as_ref()));
+                outputs.push(None);
+            }
+            other => outputs.push(Some(run_step(&tx, other, routes)?)),
+        }
+    }
+    if !webhooks.is_empty() {
+        let requests: Vec<&IngestRequest> = webhooks.iter().map(|(_, r)| *r).collect();
+        let results = ingest::execute_batch(&tx, &requests, routes)?;
+        for ((at, _), result) in webhooks.iter().zip(results) {
+            outputs[*at] = Some(Output::Ingest(result));
+        }
+    }
+    let outputs = outputs
+        .into_iter()
+        .collect::<Option<Vec<Output>>>()
+        .ok_or(rusqlite::Error::QueryReturnedNoRows)?;
+    tx.commit()?;
+    Ok(outputs)
+}
+
+/// The careful path: each step in a savepoint of its own (the webhooks
+/// together first, then one by one if that fails), so only the steps at
+/// fault fail; then one commit, or 503 for all when that fails.
+fn store_apart(
+    conn: &mut Connection,
+    steps: &[Step],
+    routes: &[SinkRoute],
+) -> Vec<Result<Output, StoreError>> {
+    let mut tx = match conn.transaction() {
+        Ok(tx) => tx,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot begin a write transaction; answering 503");
+            return steps
+                .iter()
+                .map(|_| Err(unavailable(e.to_string())))
+                .collect();
+        }
+    };
+    let mut results: Vec<Option<Result<Output, StoreError>>> = Vec::with_capacity(steps.len());
+    let mut webhooks = Vec::new();
+    for step in steps {
+        match step {
+            Step::Ingest(request) => {
+                webhooks.push((results.len(), request.as_ref()));
+                results.push(None);
+            }
+            other => {
+                let result = in_savepoint(&mut tx, Work::Single(other), routes);
+                results.push(Some(result.map_err(StoreError::from).and_then(one)));
+            }
+        }
+    }
+    let requests: Vec<&IngestRequest> = webhooks.iter().map(|(_, r)| *r).collect();
+    for ((at, _), result) in webhooks
+        .iter()
+        .zip(store_webhooks(&mut tx, &requests, routes))
+    {
+        results[*at] = Some(result);
+    }
+    let committed = tx.commit();
+    if let Err(e) = &committed {
+        tracing::error!(error = %e, requests = steps.len(), "commit failed; answering 503");
+    }
+    results
+        .into_iter()
+        .map(|result| match (&committed, result) {
+            (Ok(()), Some(result)) => result,
+            (Ok(()), None) => Err(mismatch()),
+            (Err(e), _) => Err(unavailable(e.to_string())),
+        })
+        .collect()
+}
+
 /// Stores a batch of webhooks together, or one by one when a constraint
 /// refuses the batch.
-async fn store_webhooks(
-    tx: &mut Transaction<'_, Sqlite>,
+fn store_webhooks(
+    tx: &mut Transaction<'_>,
     requests: &[&IngestRequest],
     routes: &[SinkRoute],
 ) -> Vec<Result<Output, StoreError>> {
     if requests.is_empty() {
         return Vec::new();
     }
-    match in_savepoint(tx, Work::Webhooks(requests), routes).await {
+    match in_savepoint(tx, Work::Webhooks(requests), routes) {
         Ok(Done::Webhooks(results)) => results.into_iter().map(|r| Ok(Output::Ingest(r))).collect(),
         Ok(Done::Single(_)) => requests.iter().map(|_| Err(mismatch())).collect(),
         Err(Failure::Refused(e)) => {
@@ -197,7 +267,7 @@ async fn store_webhooks(
             let mut results = Vec::with_capacity(requests.len());
             for request in requests {
                 let one = [*request];
-                results.push(match in_savepoint(tx, Work::Webhooks(&one), routes).await {
+                results.push(match in_savepoint(tx, Work::Webhooks(&one), routes) {
                     Ok(Done::Webhooks(mut stored)) if stored.len() == 1 => {
                         Ok(Output::Ingest(stored.remove(0)))
                     }
@@ -227,9 +297,9 @@ fn one(done: Done) -> Result<Output, StoreError> {
 /// Why a step did not complete.
 enum Failure {
     /// A constraint refused the write: the request itself is at fault.
-    Refused(sqlx::Error),
+    Refused(rusqlite::Error),
     /// The database could not take the write (locked, full, read-only...).
-    Unavailable(sqlx::Error),
+    Unavailable(rusqlite::Error),
 }
 
 impl From<Failure> for StoreError {
@@ -246,7 +316,7 @@ impl From<Failure> for StoreError {
 /// What runs in one savepoint.
 enum Work<'a> {
     Webhooks(&'a [&'a IngestRequest]),
-    Single(Step),
+    Single(&'a Step),
 }
 
 enum Done {
@@ -255,61 +325,49 @@ enum Done {
 }
 
 /// Runs `work` in a savepoint of `tx`, rolled back alone when it fails.
-async fn in_savepoint(
-    tx: &mut Transaction<'_, Sqlite>,
+fn in_savepoint(
+    tx: &mut Transaction<'_>,
     work: Work<'_>,
     routes: &[SinkRoute],
 ) -> Result<Done, Failure> {
-    let mut savepoint = Acquire::begin(&mut **tx)
-        .await
-        .map_err(Failure::Unavailable)?;
-    let conn: &mut SqliteConnection = &mut savepoint;
+    let savepoint = tx.savepoint().map_err(Failure::Unavailable)?;
     let result = match work {
-        Work::Webhooks(requests) => ingest::execute_batch(conn, requests, routes)
-            .await
-            .map(Done::Webhooks),
-        Work::Single(step) => run_step(conn, step, routes).await.map(Done::Single),
+        Work::Webhooks(requests) => {
+            ingest::execute_batch(&savepoint, requests, routes).map(Done::Webhooks)
+        }
+        Work::Single(step) => run_step(&savepoint, step, routes).map(Done::Single),
     };
     match result {
         Ok(done) => {
-            savepoint.commit().await.map_err(Failure::Unavailable)?;
+            savepoint.commit().map_err(Failure::Unavailable)?;
             Ok(done)
         }
-        Err(e) => {
-            let _ = savepoint.rollback().await;
-            let refused = matches!(&e, sqlx::Error::Database(db) if db.is_unique_violation()
-                || db.is_check_violation() || db.is_foreign_key_violation());
-            Err(if refused {
-                Failure::Refused(e)
-            } else {
-                Failure::Unavailable(e)
-            })
-        }
+        // Dropping the savepoint rolls it back.
+        Err(e) => Err(match e.sqlite_error_code() {
+            Some(ErrorCode::ConstraintViolation) => Failure::Refused(e),
+            _ => Failure::Unavailable(e),
+        }),
     }
 }
 
-async fn run_step(
-    conn: &mut SqliteConnection,
-    step: Step,
-    routes: &[SinkRoute],
-) -> Result<Output, sqlx::Error> {
+fn run_step(conn: &Connection, step: &Step, routes: &[SinkRoute]) -> rusqlite::Result<Output> {
     Ok(match step {
         Step::Ingest(request) => {
-            let mut results = ingest::execute_batch(conn, &[request.as_ref()], routes).await?;
+            let mut results = ingest::execute_batch(conn, &[request.as_ref()], routes)?;
             match results.pop() {
                 Some(result) => Output::Ingest(result),
-                None => return Err(sqlx::Error::RowNotFound),
+                None => return Err(rusqlite::Error::QueryReturnedNoRows),
             }
         }
-        Step::Tokens => Output::Tokens(tokens::load_or_generate(conn).await?),
+        Step::Tokens => Output::Tokens(tokens::load_or_generate(conn)?),
         Step::RecordAttempt(record) => {
-            outbox::record_attempt(conn, &record).await?;
+            outbox::record_attempt(conn, record)?;
             Output::Recorded
         }
-        Step::RetryDelivery(id) => Output::Retried(outbox::retry(conn, id).await?),
-        Step::Replay(request) => Output::Replayed(outbox::replay(conn, &request, routes).await?),
+        Step::RetryDelivery(id) => Output::Retried(outbox::retry(conn, *id)?),
+        Step::Replay(request) => Output::Replayed(outbox::replay(conn, request, routes)?),
         Step::Reconcile(observations) => {
-            Output::Reconciled(reconcile::apply(conn, &observations, routes).await?)
+            Output::Reconciled(reconcile::apply(conn, observations, routes)?)
         }
     })
 }

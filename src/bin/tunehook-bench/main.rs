@@ -1,0 +1,76 @@
+//! The benchmark harness: starts the release `tunehook` on 127.0.0.1 with a
+//! fresh database and drives it over HTTP, reporting throughput, latency,
+//! errors and tunehook's memory. Everything stays on the loopback interface.
+//!
+//!   cargo build --release
+//!   cargo run --release --bin tunehook-bench -- ingest   [--connections 64] [--seconds 10]
+//!   cargo run --release --bin tunehook-bench -- delivery [--events 20000]
+//!   cargo run --release --bin tunehook-bench -- reconcile [--jobs 10000]
+//!   cargo run --release --bin tunehook-bench -- startup  [--receipts 1000000]
+//!
+//! `ingest` compares tunehook with a bare handler (the ceiling); `delivery`
+//! drains an outbox into a sink answering 204 and into one failing every
+//! other request; `reconcile` times passes over a fake Segmind list;
+//! `startup` times exec to `/readyz` 200. BENCHMARKS.md has the figures.
+
+mod delivery;
+mod harness;
+mod ingest;
+mod reconcile;
+mod startup;
+
+/// What to run, and how hard.
+pub struct Args {
+    pub mode: String,
+    pub connections: usize,
+    pub seconds: u64,
+    pub receipts: u64,
+    pub events: usize,
+    pub jobs: usize,
+}
+
+fn args() -> anyhow::Result<Args> {
+    let mut args = Args {
+        mode: "ingest".into(),
+        connections: 64,
+        seconds: 10,
+        receipts: 1_000_000,
+        events: 20_000,
+        jobs: 10_000,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut number = |name: &str| -> anyhow::Result<u64> {
+            it.next()
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| anyhow::anyhow!("{name} takes a positive number"))
+        };
+        match arg.as_str() {
+            "--connections" => args.connections = number(&arg)?.max(1) as usize,
+            "--seconds" => args.seconds = number(&arg)?.max(1),
+            "--receipts" => args.receipts = number(&arg)?,
+            "--events" => args.events = number(&arg)?.max(5) as usize,
+            "--jobs" => args.jobs = number(&arg)?.max(100) as usize,
+            "--ceiling-server" => args.mode = "ceiling-server".into(),
+            "--sink-server" => args.mode = "sink-server".into(),
+            flag if flag.starts_with("--") => anyhow::bail!("unknown option {flag}"),
+            mode => args.mode = mode.to_owned(),
+        }
+    }
+    Ok(args)
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = args()?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    match args.mode.as_str() {
+        "ceiling-server" | "sink-server" => runtime.block_on(harness::serve_bare()),
+        "ingest" => runtime.block_on(ingest::run(&args)),
+        "delivery" => runtime.block_on(delivery::run(&args)),
+        "reconcile" => runtime.block_on(reconcile::run(&args)),
+        "startup" => runtime.block_on(startup::run(&args)),
+        other => {
+            anyhow::bail!("unknown benchmark `{other}`: ingest, delivery, reconcile or startup")
+        }
+    }
+}
