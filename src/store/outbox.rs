@@ -1,6 +1,13 @@
 //! The outbox: delivery rows written with the transitions they carry, the
 //! attempts made on them, and the reads the delivery workers and the API
 //! need.
+//!
+//! Per job and sink, only the oldest pending delivery (the head) has a real
+//! `next_attempt_at`; the ones behind it wait with [`WAITING`], a time no
+//! clock reaches, and the head's end (delivered or dead) makes the next one
+//! due. So the due deliveries are exactly the heads whose time has come,
+//! found through an index without looking at the queue behind them, however
+//! long a sink outage made it.
 
 use super::{Store, StoreError};
 use crate::domain::Status;
@@ -25,7 +32,18 @@ impl SinkRoute {
     }
 }
 
-/// A delivery to create, due at once.
+/// Writes the waiting time into SQL text.
+macro_rules! waiting {
+    () => {
+        "9999-12-31T23:59:59.999999Z"
+    };
+}
+
+/// `next_attempt_at` of a pending delivery waiting behind an older pending
+/// delivery of the same job to the same sink.
+pub(super) const WAITING: &str = waiting!();
+
+/// A delivery to create, due at once unless it waits behind another.
 #[derive(Debug, Clone)]
 pub struct NewDelivery {
     pub sink: String,
@@ -40,10 +58,14 @@ pub(super) fn insert_deliveries(
 ) -> rusqlite::Result<()> {
     let mut statement = conn.prepare_cached(
         "INSERT INTO deliveries (sink, event_id, finetune_id, status, next_attempt_at, created_at)
-         VALUES (?1, ?2, ?3, 'pending', ?4, ?4)",
+         VALUES (?1, ?2, ?3, 'pending',
+            CASE WHEN EXISTS (SELECT 1 FROM deliveries
+                              WHERE sink = ?1 AND finetune_id = ?3 AND status = 'pending')
+                 THEN ?5 ELSE ?4 END,
+            ?4)",
     )?;
     for d in deliveries {
-        statement.execute((&d.sink, &d.event_id, &d.finetune_id, now))?;
+        statement.execute((&d.sink, &d.event_id, &d.finetune_id, now, WAITING))?;
     }
     Ok(())
 }
@@ -89,7 +111,7 @@ pub(super) fn record_attempt(conn: &Connection, r: &AttemptRecord) -> rusqlite::
         NextStep::RetryAt(at) => ("pending", Some(at.as_str()), None),
         NextStep::Dead => ("dead", None, None),
     };
-    conn.prepare_cached(
+    let updated = conn.prepare_cached(
         "UPDATE deliveries SET status = ?1, attempts = attempts + 1, retry_step = retry_step + 1,
             next_attempt_at = COALESCE(?2, next_attempt_at), delivered_at = COALESCE(?3, delivered_at),
             last_error = ?4, last_status_code = ?5, last_attempt_at = ?6
@@ -104,17 +126,39 @@ pub(super) fn record_attempt(conn: &Connection, r: &AttemptRecord) -> rusqlite::
         r.started_at,
         r.delivery_id,
     ])?;
+    if updated == 1 && !matches!(r.next, NextStep::RetryAt(_)) {
+        // The head is done with: the next delivery of its job is due.
+        conn.prepare_cached(
+            "UPDATE deliveries SET next_attempt_at = ?1
+             WHERE next_attempt_at = ?3 AND id = (
+                SELECT w.id FROM deliveries d
+                JOIN deliveries w ON w.sink = d.sink AND w.finetune_id = d.finetune_id
+                WHERE d.id = ?2 AND w.status = 'pending' ORDER BY w.id LIMIT 1)",
+        )?
+        .execute((&r.finished_at, r.delivery_id, WAITING))?;
+    }
     Ok(())
 }
 
 /// Puts a dead or delivered delivery back to pending, due now, with a fresh
-/// retry schedule. False when it is unknown or already pending.
+/// retry schedule. False when it is unknown or already pending. Being the
+/// oldest, it goes before its job's later pending deliveries, which wait.
 pub(super) fn retry(conn: &Connection, id: i64) -> rusqlite::Result<bool> {
     let updated = conn.execute(
         "UPDATE deliveries SET status = 'pending', retry_step = 0, next_attempt_at = ?1
          WHERE id = ?2 AND status IN ('dead', 'delivered')",
         (crate::time::now_rfc3339(), id),
     )?;
+    if updated == 1 {
+        conn.execute(
+            "UPDATE deliveries SET next_attempt_at = ?2
+             WHERE id IN (
+                SELECT w.id FROM deliveries d
+                JOIN deliveries w ON w.sink = d.sink AND w.finetune_id = d.finetune_id
+                WHERE d.id = ?1 AND w.status = 'pending' AND w.id > d.id)",
+            (id, WAITING),
+        )?;
+    }
     Ok(updated == 1)
 }
 
@@ -140,9 +184,18 @@ pub(super) fn replay(
     let statuses = route.statuses.as_ref().map(|list| {
         serde_json::Value::from(list.iter().map(Status::as_str).collect::<Vec<_>>()).to_string()
     });
+    // Each job's first event is due unless the job already has a pending
+    // delivery to the sink; the rest wait behind it.
     let inserted = conn.execute(
         "INSERT INTO deliveries (sink, event_id, finetune_id, status, next_attempt_at, created_at)
-         SELECT ?1, event_id, finetune_id, 'pending', ?2, ?2 FROM transitions
+         SELECT ?1, event_id, finetune_id, 'pending',
+            CASE WHEN row_number() OVER (PARTITION BY finetune_id ORDER BY id) = 1
+                      AND NOT EXISTS (SELECT 1 FROM deliveries e
+                                      WHERE e.sink = ?1 AND e.finetune_id = transitions.finetune_id
+                                        AND e.status = 'pending')
+                 THEN ?2 ELSE ?6 END,
+            ?2
+         FROM transitions
          WHERE observed_at >= ?3
            AND (?4 IS NULL OR finetune_id = ?4)
            AND (?5 IS NULL OR to_status IN (SELECT value FROM json_each(?5)))
@@ -153,6 +206,7 @@ pub(super) fn replay(
             request.since,
             request.finetune_id,
             statuses,
+            WAITING,
         ],
     )?;
     Ok(inserted as u64)
@@ -224,13 +278,18 @@ pub struct TransitionDelivery {
     pub attempts: i64,
 }
 
-const DELIVERY_COLUMNS: &str = "id, sink, event_id, finetune_id, status, attempts,
-    CASE WHEN status = 'pending' THEN next_attempt_at END AS next_attempt_at,
-    last_error, last_status_code, delivered_at";
+const DELIVERY_COLUMNS: &str = concat!(
+    "id, sink, event_id, finetune_id, status, attempts,
+    CASE WHEN status = 'pending' AND next_attempt_at <> '",
+    waiting!(),
+    "' THEN next_attempt_at END AS next_attempt_at,
+    last_error, last_status_code, delivered_at"
+);
 
 impl Store {
-    /// Deliveries to `sink` due at `now`, oldest first, leaving out any
-    /// whose job has an earlier delivery to the same sink still pending.
+    /// Deliveries to `sink` due at `now`, oldest first: heads of their job's
+    /// queue. The `NOT EXISTS` keeps per-job order even if a row were due
+    /// out of turn; on heads it costs one index probe each.
     pub async fn due_deliveries(
         &self,
         sink: &str,
@@ -262,10 +321,11 @@ impl Store {
     ) -> Result<Option<String>, StoreError> {
         Ok(sqlx::query_scalar(
             "SELECT MIN(next_attempt_at) FROM deliveries
-             WHERE sink = ? AND status = 'pending' AND next_attempt_at > ?",
+             WHERE sink = ? AND status = 'pending' AND next_attempt_at > ? AND next_attempt_at < ?",
         )
         .bind(sink)
         .bind(now)
+        .bind(WAITING)
         .fetch_one(&self.reads)
         .await?)
     }

@@ -725,3 +725,78 @@ async fn a_sink_that_refuses_connections_then_fails_then_recovers_gets_everythin
         assert_eq!(tried.last(), Some(&2), "{job} got its last event");
     }
 }
+
+#[tokio::test]
+async fn events_behind_a_failing_one_wait_and_a_retried_event_goes_first() {
+    // The sink refuses `queue`'s TRAINING_COMPLETED until told otherwise.
+    let fake = FakeSink::answering(|body, _| {
+        if body["data"]["status"] == "TRAINING_COMPLETED" {
+            FAIL
+        } else {
+            OK
+        }
+    })
+    .await;
+    let app = spawn_app_with(|s| {
+        // After one failure, the next try would be an hour away.
+        s.delivery.retry_schedule = vec![Duration::from_secs(3600)];
+        s.sinks = vec![http_sink("b", &fake.url())];
+    })
+    .await;
+    for status in ["TRAINING_INITIATED", "TRAINING_COMPLETED", "AVAILABLE"] {
+        app.post(json!({"event": status, "finetune_id": "queue"}))
+            .await;
+    }
+    fake.wait_for(2).await;
+    let list = app
+        .wait_for(
+            "/v1/deliveries?finetune_id=queue",
+            "the failed attempt recorded",
+            |b| b["deliveries"][1]["attempts"] == 1,
+        )
+        .await;
+    // Newest first: AVAILABLE waits (no time of its own), TRAINING_COMPLETED
+    // is due in an hour, TRAINING_INITIATED is delivered.
+    let rows = list["deliveries"].as_array().cloned().unwrap_or_default();
+    let shape: Vec<(&str, bool)> = rows
+        .iter()
+        .map(|d| {
+            (
+                d["status"].as_str().unwrap_or(""),
+                d["next_attempt_at"].is_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        shape,
+        vec![("pending", false), ("pending", true), ("delivered", false)]
+    );
+
+    // Sending the delivered first event again puts it ahead of the queue;
+    // once it is through, the rest follow at once, in order.
+    fake.answer(|_, _| OK);
+    let first = rows[2]["id"].as_i64().expect("id");
+    let (status, body) = app
+        .post_api(&format!("/v1/deliveries/{first}/retry"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let received = fake.wait_for(5).await;
+    let order: Vec<String> = received
+        .iter()
+        .map(|r| r.json()["data"]["status"].as_str().unwrap_or("").to_owned())
+        .collect();
+    assert_eq!(
+        order,
+        [
+            "TRAINING_INITIATED",
+            "TRAINING_COMPLETED",
+            "TRAINING_INITIATED",
+            "TRAINING_COMPLETED",
+            "AVAILABLE"
+        ]
+    );
+    app.wait_for("/v1/sinks", "an empty queue", |b| {
+        b["sinks"][0]["pending"] == 0
+    })
+    .await;
+}
