@@ -38,7 +38,9 @@ pub enum PayloadError {
         "`{key}` is not a usable status name (at most 64 letters, digits, spaces, `_`, `-` or `.`)"
     )]
     BadStatus { key: &'static str },
-    #[error("`{key}` is not a usable job id (at most 200 characters, no control characters)")]
+    #[error(
+        "`{key}` is not a usable job id (a string of at most 200 bytes without control characters, or an integer)"
+    )]
     BadId { key: &'static str },
 }
 
@@ -58,8 +60,8 @@ impl Payload {
             Some((key, raw)) => Some(Status::parse(&raw).ok_or(PayloadError::BadStatus { key })?),
             None => None,
         };
-        let finetune_id = match first_scalar(&places, &ID_KEYS) {
-            Some((key, raw)) => Some(valid_id(raw).ok_or(PayloadError::BadId { key })?),
+        let finetune_id = match first_id(&places) {
+            Some((key, raw)) => Some(raw.and_then(valid_id).ok_or(PayloadError::BadId { key })?),
             None => None,
         };
         let text = |key: &'static str| first_string(&places, &[key]).map(|(_, v)| v);
@@ -120,6 +122,22 @@ fn first_scalar(
         keys.iter().find_map(|&key| match place.get(key) {
             Some(Value::String(s)) if !s.trim().is_empty() => Some((key, s.clone())),
             Some(Value::Number(n)) => Some((key, n.to_string())),
+            _ => None,
+        })
+    })
+}
+
+/// The first job id, place by place: a non-empty string, or a number. A
+/// number is an id only as an integer of at most 64 bits (`None` otherwise):
+/// JSON parsing rounds a fraction or a longer integer to a double, and a
+/// rounded id could name another job.
+fn first_id(places: &[&Map<String, Value>]) -> Option<(&'static str, Option<String>)> {
+    places.iter().find_map(|place| {
+        ID_KEYS.iter().find_map(|&key| match place.get(key) {
+            Some(Value::String(s)) if !s.trim().is_empty() => Some((key, Some(s.clone()))),
+            Some(Value::Number(n)) => {
+                Some((key, (n.is_i64() || n.is_u64()).then(|| n.to_string())))
+            }
             _ => None,
         })
     })
@@ -195,6 +213,28 @@ mod tests {
         let p = parse(json!({"event": "AVAILABLE", "id": 42, "created_ts": 1700000000}));
         assert_eq!(p.finetune_id.as_deref(), Some("42"));
         assert_eq!(p.fields.created_ts.as_deref(), Some("1700000000"));
+    }
+
+    #[test]
+    fn numeric_ids_json_would_round_are_refused() {
+        for raw in [
+            "123456789012345678901234567890",
+            "18446744073709551616",
+            "1.5",
+            "1e2",
+        ] {
+            let body = format!(r#"{{"event": "AVAILABLE", "id": {raw}}}"#);
+            assert_eq!(
+                Payload::parse(body.as_bytes()),
+                Err(PayloadError::BadId { key: "id" }),
+                "{raw}"
+            );
+        }
+        for raw in ["18446744073709551615", "-9223372036854775808"] {
+            let body = format!(r#"{{"event": "AVAILABLE", "id": {raw}}}"#);
+            let p = Payload::parse(body.as_bytes()).expect("parses");
+            assert_eq!(p.finetune_id.as_deref(), Some(raw));
+        }
     }
 
     #[test]

@@ -13,6 +13,27 @@ pub const MAX_STATUS_LEN: usize = 64;
 /// moving between two of them is a same-rank change (see `rules`).
 pub const TERMINAL_RANK: u8 = 100;
 
+/// Every status name the rank table knows.
+pub const KNOWN_STATUSES: [&str; 17] = [
+    "REQUESTED",
+    "DATA_PROCESSING",
+    "QUEUED",
+    "PENDING",
+    "RETRIED",
+    "TRAINING_INITIATED",
+    "TRAINING",
+    "PROCESSING",
+    "RUNNING",
+    "TRAINING_COMPLETED",
+    "INFERENCE_QUEUED",
+    "DEPLOYING",
+    "AVAILABLE",
+    "FAILED",
+    "ERROR",
+    "CANCELLED",
+    "CANCELED",
+];
+
 /// A normalised status name: trimmed, upper-case, with spaces, dots and
 /// hyphens turned into underscores (`"training-completed"` → `TRAINING_COMPLETED`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -79,6 +100,11 @@ impl Status {
 
     pub fn is_terminal(&self) -> bool {
         self.terminal().is_some()
+    }
+
+    /// Whether the rank table names this status.
+    pub fn is_known(&self) -> bool {
+        KNOWN_STATUSES.contains(&self.0.as_str())
     }
 }
 

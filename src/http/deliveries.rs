@@ -4,13 +4,10 @@
 use super::{
     AppState,
     error::{ApiError, ErrorBody},
-    params::{self, ApiQuery},
+    params::{self, ApiPath, ApiQuery},
 };
 use crate::store::{AttemptRow, DeliveryFilter, DeliveryRow};
-use axum::{
-    Json,
-    extract::{Path, State},
-};
+use axum::{Json, extract::State};
 use serde::{Deserialize, Serialize};
 
 const STATUSES: [&str; 3] = ["pending", "delivered", "dead"];
@@ -75,10 +72,10 @@ pub async fn list(
 
 /// One delivery with every attempt made.
 #[utoipa::path(get, path = "/v1/deliveries/{id}", tag = "deliveries", params(("id" = i64, Path, description = "The delivery's id")),
-    security(("bearer" = [])), responses((status = 200, description = "The delivery", body = DeliveryDetail), (status = 401, description = "Missing or wrong bearer token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody)))]
+    security(("bearer" = [])), responses((status = 200, description = "The delivery", body = DeliveryDetail), (status = 400, description = "A bad parameter", body = ErrorBody), (status = 401, description = "Missing or wrong bearer token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody)))]
 pub async fn get(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<DeliveryDetail>, ApiError> {
     let id = delivery_id(&id)?;
     let delivery = state
@@ -95,11 +92,11 @@ pub async fn get(
 
 /// Puts a dead or delivered delivery back to pending, due now.
 #[utoipa::path(post, path = "/v1/deliveries/{id}/retry", tag = "deliveries", params(("id" = i64, Path, description = "The delivery's id")),
-    security(("bearer" = [])), responses((status = 200, description = "The delivery, pending again", body = DeliveryRow), (status = 401, description = "Missing or wrong bearer token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody),
+    security(("bearer" = [])), responses((status = 200, description = "The delivery, pending again", body = DeliveryRow), (status = 400, description = "A bad parameter", body = ErrorBody), (status = 401, description = "Missing or wrong bearer token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody),
         (status = 409, description = "The delivery is already pending", body = ErrorBody), (status = 503, description = "The database cannot take the write; retry", body = ErrorBody)))]
 pub async fn retry(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<DeliveryRow>, ApiError> {
     let id = delivery_id(&id)?;
     let Some(current) = state.store.delivery(id).await? else {

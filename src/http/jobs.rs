@@ -4,7 +4,7 @@ use super::{
     AppState,
     error::ApiError,
     error::ErrorBody,
-    params::{self, ApiQuery},
+    params::{self, ApiPath, ApiQuery},
 };
 use crate::{
     domain::Status,
@@ -12,7 +12,7 @@ use crate::{
 };
 use axum::{
     Json,
-    extract::{Path, State},
+    extract::State,
     response::{IntoResponse, Response},
 };
 use serde::{Deserialize, Serialize};
@@ -110,10 +110,10 @@ pub async fn list(
 
 /// One job with its transitions, oldest first, and their deliveries.
 #[utoipa::path(get, path = "/v1/jobs/{finetune_id}", tag = "jobs", params(("finetune_id" = String, Path, description = "The job's id")),
-    security(("bearer" = [])), responses((status = 200, description = "The job", body = JobDetail), (status = 401, description = "Missing or wrong bearer token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody)))]
+    security(("bearer" = [])), responses((status = 200, description = "The job", body = JobDetail), (status = 400, description = "A bad parameter", body = ErrorBody), (status = 401, description = "Missing or wrong bearer token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody)))]
 pub async fn get(
     State(state): State<AppState>,
-    Path(finetune_id): Path<String>,
+    ApiPath(finetune_id): ApiPath<String>,
 ) -> Result<Json<JobDetail>, ApiError> {
     let job =
         state.store.job(&finetune_id).await?.ok_or_else(|| {

@@ -75,3 +75,25 @@ where
             .map_err(|e| ApiError::bad_request("invalid_parameter", e.body_text()))
     }
 }
+
+/// `Path`, with path parameters that cannot be read (such as bytes that are
+/// not UTF-8) answered in the API's error shape.
+pub struct ApiPath<T>(pub T);
+
+impl<T, S> axum::extract::FromRequestParts<S> for ApiPath<T>
+where
+    T: serde::de::DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(value)| ApiPath(value))
+            .map_err(|e| ApiError::bad_request("invalid_parameter", e.body_text()))
+    }
+}

@@ -4,12 +4,10 @@ use super::{
     AppState,
     error::{ApiError, ErrorBody},
     json::ApiJson,
+    params::ApiPath,
 };
 use crate::store::{ReplayRequest, SinkHealth};
-use axum::{
-    Json,
-    extract::{Path, State},
-};
+use axum::{Json, extract::State};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -67,7 +65,7 @@ pub struct Replayed {
     responses((status = 200, description = "How many deliveries were enqueued", body = Replayed), (status = 400, description = "A bad parameter or body", body = ErrorBody), (status = 401, description = "Missing or wrong bearer token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 503, description = "The database cannot take the write; retry", body = ErrorBody)))]
 pub async fn replay(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     ApiJson(body): ApiJson<ReplayBody>,
 ) -> Result<Json<Replayed>, ApiError> {
     if !state.sinks.iter().any(|s| s.name == name) {

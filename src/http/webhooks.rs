@@ -15,7 +15,7 @@ use crate::{
 use axum::{
     Json,
     body::Body,
-    extract::{Path, State},
+    extract::{Path, State, rejection::PathRejection},
     http::{HeaderMap, header},
 };
 use serde::Serialize;
@@ -52,10 +52,12 @@ pub struct ReceiptResponse {
         (status = 503, description = "Not stored; retry (database unavailable or too many webhooks in flight)", body = super::error::ErrorBody)))]
 pub async fn receive(
     State(state): State<AppState>,
-    Path(token): Path<String>,
+    token: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<ReceiptResponse>, ApiError> {
+    // A token that cannot be read (not UTF-8) is not the token: 401.
+    let token = token.map(|Path(token)| token).unwrap_or_default();
     let started = std::time::Instant::now();
     let answer = match Arc::clone(&state.webhook_permits).try_acquire_owned() {
         Ok(_permit) => store(&state, &token, &headers, body).await,

@@ -173,7 +173,15 @@ pub fn insert_transitions(
     Ok(())
 }
 
-/// A transition's id: stable, unique, and safe in a URL.
+/// A transition's id: stable, unique, and safe in a URL. It starts with the
+/// time in milliseconds, so ids made close together sort together and the
+/// indexes on them grow at one end instead of at random pages (fewer pages
+/// written per commit); 80 random bits follow.
 pub fn new_transition_id() -> String {
-    format!("tr_{}", hex::encode(rand::random::<[u8; 16]>()))
+    let millis = chrono::Utc::now().timestamp_millis().max(0) as u64;
+    format!(
+        "tr_{:012x}{}",
+        millis & 0xffff_ffff_ffff,
+        hex::encode(rand::random::<[u8; 10]>())
+    )
 }

@@ -8,6 +8,7 @@
 //! reads through a pool of read-only connections, which WAL mode lets run
 //! alongside the writer.
 
+mod checkpoint;
 mod ingest;
 mod jobs;
 mod models;
@@ -62,6 +63,8 @@ pub struct Store {
     writer: WriterHandle,
     reads: SqlitePool,
     outbox: watch::Receiver<u64>,
+    /// Keeps the background checkpoints running while any handle lives.
+    _checkpoints: Arc<std::sync::mpsc::Sender<()>>,
 }
 
 impl Store {
@@ -79,6 +82,13 @@ impl Store {
         MIGRATOR.run(&mut conn).await?;
         conn.close().await?;
         let conn = open_writer(options.get_filename(), settings)?;
+        let checkpoints = checkpoint::open(options.get_filename(), settings.busy_timeout)
+            .map_err(|e| StoreError::Unavailable(format!("cannot open the database: {e}")))
+            .and_then(|conn| {
+                checkpoint::spawn(conn).map_err(|e| {
+                    StoreError::Unavailable(format!("cannot start the checkpoint thread: {e}"))
+                })
+            })?;
         let reads = SqlitePoolOptions::new()
             .max_connections(settings.read_connections)
             .min_connections(1)
@@ -91,6 +101,7 @@ impl Store {
                 writer,
                 reads,
                 outbox,
+                _checkpoints: Arc::new(checkpoints),
             },
             task,
         ))
@@ -216,6 +227,11 @@ fn open_writer(
         conn.pragma_update(None, "foreign_keys", true)?;
         // Savepoints' statement journals stay in memory, not in temp files.
         conn.pragma_update(None, "temp_store", "memory")?;
+        conn.pragma_update(
+            None,
+            "wal_autocheckpoint",
+            checkpoint::WRITER_CHECKPOINT_PAGES,
+        )?;
         conn.set_prepared_statement_cache_capacity(64);
         Ok(conn)
     };

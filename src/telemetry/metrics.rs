@@ -3,6 +3,7 @@
 //! are read from the database when `/metrics` is scraped, so they are never
 //! stale. Every name starts with `tunehook_`.
 
+use crate::domain::Status;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::{sync::OnceLock, time::Duration};
 
@@ -79,8 +80,19 @@ pub fn webhook(outcome: &'static str, took: Duration) {
     metrics::histogram!("tunehook_webhook_duration_seconds").record(took.as_secs_f64());
 }
 
+/// A status as a metric label: its name when the rank table knows it,
+/// `OTHER` otherwise, so whoever can post webhooks cannot add series to
+/// `/metrics` without limit.
+pub fn status_label(status: &str) -> &str {
+    if Status::from_stored(status).is_known() {
+        status
+    } else {
+        "OTHER"
+    }
+}
+
 pub fn transition(status: &str, source: &'static str) {
-    metrics::counter!("tunehook_transitions_total", "status" => status.to_owned(), "source" => source)
+    metrics::counter!("tunehook_transitions_total", "status" => status_label(status).to_owned(), "source" => source)
         .increment(1);
 }
 
@@ -102,8 +114,12 @@ pub fn reconcile_pass(result: &'static str) {
 /// Gauges read from the database at scrape time, in Prometheus text format.
 pub fn render_gauges(jobs_by_status: &[(String, i64)], outbox: &[(String, i64, i64)]) -> String {
     let mut out = String::new();
-    out.push_str("# HELP tunehook_jobs Jobs by current status.\n# TYPE tunehook_jobs gauge\n");
+    out.push_str("# HELP tunehook_jobs Jobs by current status (statuses the rank table does not know count as OTHER).\n# TYPE tunehook_jobs gauge\n");
+    let mut by_label: std::collections::BTreeMap<&str, i64> = std::collections::BTreeMap::new();
     for (status, count) in jobs_by_status {
+        *by_label.entry(status_label(status)).or_default() += count;
+    }
+    for (status, count) in by_label {
         out.push_str(&format!(
             "tunehook_jobs{{status=\"{}\"}} {count}\n",
             escape(status)

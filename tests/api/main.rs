@@ -5,6 +5,7 @@ mod delivery;
 mod fake_segmind;
 mod fake_sink;
 mod helpers;
+mod hostile;
 mod jobs_api;
 mod lifecycle;
 mod observability;

@@ -29,6 +29,8 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
             .bind(args.receipts as i64),
         )
         .await?;
+        // Closing checkpoints the WAL, as a stopped tunehook leaves it.
+        conn.close().await?;
     }
     let full = start_tunehook(dir.path(), None, &[])?;
     let full_ready = full.ready_after;
