@@ -44,14 +44,15 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
     let events = jobs * EVENTS.len();
 
     println!(
-        "delivery of {events} events ({jobs} jobs), delivery.concurrency = 16 (the default)\n"
+        "delivery of {events} events ({jobs} jobs), delivery.concurrency = {} (default 16)\n",
+        args.concurrency
     );
     println!(
         "| sink | events/s | seconds | requests to the sink | out of order | pending after | dead |"
     );
     println!("|---|---|---|---|---|---|---|");
     for (label, failing) in [("answers 204", false), ("fails every other request", true)] {
-        let result = scenario(seed.path(), events, failing).await?;
+        let result = scenario(seed.path(), events, failing, args.concurrency).await?;
         println!(
             "| {label} | {:.0} | {:.2} | {} | {} | {} | {} |",
             events as f64 / result.elapsed.as_secs_f64(),
@@ -73,7 +74,12 @@ struct Outcome {
     dead: i64,
 }
 
-async fn scenario(seeded: &Path, events: usize, failing: bool) -> anyhow::Result<Outcome> {
+async fn scenario(
+    seeded: &Path,
+    events: usize,
+    failing: bool,
+    concurrency: usize,
+) -> anyhow::Result<Outcome> {
     let dir = Scratch::new(if failing {
         "delivery-failing"
     } else {
@@ -87,7 +93,7 @@ async fn scenario(seeded: &Path, events: usize, failing: bool) -> anyhow::Result
     let sink = Sink::start(failing).await?;
     // Failed attempts come back after a short wait, many times before dead.
     let config = format!(
-        "[delivery]\nretry_schedule = [{}]\n\n[[sinks]]\nname = \"bench\"\nkind = \"http\"\nurl = \"http://{}/hook\"\n",
+        "[delivery]\nconcurrency = {concurrency}\nretry_schedule = [{}]\n\n[[sinks]]\nname = \"bench\"\nkind = \"http\"\nurl = \"http://{}/hook\"\n",
         vec!["\"20ms\""; 20].join(", "),
         sink.addr
     );

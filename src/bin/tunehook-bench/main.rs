@@ -4,7 +4,7 @@
 //!
 //!   cargo build --release
 //!   cargo run --release --bin tunehook-bench -- ingest   [--connections 64] [--seconds 10]
-//!   cargo run --release --bin tunehook-bench -- delivery [--events 20000]
+//!   cargo run --release --bin tunehook-bench -- delivery [--events 20000] [--concurrency 16]
 //!   cargo run --release --bin tunehook-bench -- reconcile [--jobs 10000]
 //!   cargo run --release --bin tunehook-bench -- startup  [--receipts 1000000]
 //!
@@ -27,6 +27,8 @@ pub struct Args {
     pub receipts: u64,
     pub events: usize,
     pub jobs: usize,
+    /// `delivery.concurrency` for the delivery benchmark.
+    pub concurrency: usize,
 }
 
 fn args() -> anyhow::Result<Args> {
@@ -37,6 +39,7 @@ fn args() -> anyhow::Result<Args> {
         receipts: 1_000_000,
         events: 20_000,
         jobs: 10_000,
+        concurrency: 16,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -51,6 +54,7 @@ fn args() -> anyhow::Result<Args> {
             "--receipts" => args.receipts = number(&arg)?,
             "--events" => args.events = number(&arg)?.max(5) as usize,
             "--jobs" => args.jobs = number(&arg)?.max(100) as usize,
+            "--concurrency" => args.concurrency = number(&arg)?.max(1) as usize,
             "--ceiling-server" => args.mode = "ceiling-server".into(),
             "--sink-server" => args.mode = "sink-server".into(),
             flag if flag.starts_with("--") => anyhow::bail!("unknown option {flag}"),
