@@ -205,48 +205,45 @@ async fn get(client: &reqwest::Client, server: &Server, path: &str) -> (StatusCo
     )
 }
 
-/// Every job id, following `next_cursor`.
-async fn job_ids(client: &reqwest::Client, server: &Server) -> Vec<String> {
-    let mut ids = Vec::new();
-    let mut path = "/v1/jobs?limit=500".to_owned();
+/// Every item of a paged list (`key` in each page), following `next_cursor`.
+async fn every_item(
+    client: &reqwest::Client,
+    server: &Server,
+    list: &str,
+    key: &str,
+) -> Vec<Value> {
+    let mut items = Vec::new();
+    let mut path = format!("{list}?limit=500");
     for _ in 0..100 {
         let (status, page) = get(client, server, &path).await;
         assert_eq!(status, StatusCode::OK, "{page}");
-        ids.extend(
-            page["jobs"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|j| j["finetune_id"].as_str().map(str::to_owned)),
-        );
+        items.extend(page[key].as_array().into_iter().flatten().cloned());
         match page["next_cursor"].as_str() {
-            Some(cursor) => path = format!("/v1/jobs?limit=500&cursor={cursor}"),
+            Some(cursor) => path = format!("{list}?limit=500&cursor={cursor}"),
             None => break,
         }
     }
+    items
+}
+
+/// Every job id, sorted.
+async fn job_ids(client: &reqwest::Client, server: &Server) -> Vec<String> {
+    let mut ids: Vec<String> = every_item(client, server, "/v1/jobs", "jobs")
+        .await
+        .iter()
+        .filter_map(|j| j["finetune_id"].as_str().map(str::to_owned))
+        .collect();
     ids.sort();
     ids
 }
 
-/// The finetune ids of every receipt (`-` for a receipt without one).
+/// The finetune ids of every receipt (`-` for a receipt without one), sorted.
 async fn receipt_ids(client: &reqwest::Client, server: &Server) -> Vec<String> {
-    let mut ids = Vec::new();
-    let mut path = "/v1/receipts?limit=500".to_owned();
-    for _ in 0..100 {
-        let (status, page) = get(client, server, &path).await;
-        assert_eq!(status, StatusCode::OK, "{page}");
-        ids.extend(
-            page["receipts"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|r| r["finetune_id"].as_str().unwrap_or("-").to_owned()),
-        );
-        match page["next_cursor"].as_str() {
-            Some(cursor) => path = format!("/v1/receipts?limit=500&cursor={cursor}"),
-            None => break,
-        }
-    }
+    let mut ids: Vec<String> = every_item(client, server, "/v1/receipts", "receipts")
+        .await
+        .iter()
+        .map(|r| r["finetune_id"].as_str().unwrap_or("-").to_owned())
+        .collect();
     ids.sort();
     ids
 }

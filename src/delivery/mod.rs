@@ -18,12 +18,15 @@ use crate::{
     time::{now_rfc3339, rfc3339_after},
 };
 use sinks::Target;
-use std::{collections::HashSet, sync::Arc, time::Duration};
-use tokio::task::JoinSet;
+use std::{collections::HashMap, sync::Arc, time::Duration};
+use tokio::task::{self, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 /// The longest a worker sleeps before looking for due work again.
 const POLL: Duration = Duration::from_secs(1);
+
+/// How long a delivery whose attempt could not be recorded is held back.
+const RECORD_FAILED_WAIT: Duration = Duration::from_secs(5);
 
 /// A sink as the workers use it.
 pub struct Sink {
@@ -89,43 +92,110 @@ pub async fn run(
     while workers.join_next().await.is_some() {}
 }
 
+/// What a worker has taken and not yet recorded: attempts talking to the
+/// sink (bounded by the sink's concurrency) and the records of finished
+/// attempts on their way to the database. A delivery stays here until its
+/// record is committed, so it is never taken twice, and while a job has a
+/// delivery here no other delivery of that job is started.
+#[derive(Default)]
+struct InFlight {
+    /// Delivery id → its job.
+    deliveries: HashMap<i64, String>,
+    /// Task → the delivery it works on, to let go of it if the task panics.
+    tasks: HashMap<task::Id, i64>,
+    attempts: JoinSet<AttemptRecord>,
+    records: JoinSet<i64>,
+}
+
+impl InFlight {
+    fn is_empty(&self) -> bool {
+        self.deliveries.is_empty()
+    }
+
+    fn holds(&self, delivery: &DueDelivery) -> bool {
+        self.deliveries.contains_key(&delivery.id)
+            || self
+                .deliveries
+                .values()
+                .any(|job| *job == delivery.finetune_id)
+    }
+
+    fn start(&mut self, sink: &Arc<Sink>, delivery: DueDelivery) {
+        self.deliveries
+            .insert(delivery.id, delivery.finetune_id.clone());
+        let id = delivery.id;
+        let task = self.attempts.spawn(attempt(Arc::clone(sink), delivery));
+        self.tasks.insert(task.id(), id);
+    }
+
+    /// An attempt ended: record it (or let go of its delivery if it panicked).
+    fn attempted(
+        &mut self,
+        sink: &Arc<Sink>,
+        store: &Store,
+        done: Result<(task::Id, AttemptRecord), task::JoinError>,
+    ) {
+        match done {
+            Ok((task, record)) => {
+                self.tasks.remove(&task);
+                let id = record.delivery_id;
+                let recording =
+                    self.records
+                        .spawn(record_attempt(Arc::clone(sink), store.clone(), record));
+                self.tasks.insert(recording.id(), id);
+            }
+            Err(e) => self.lost(e.id()),
+        }
+    }
+
+    /// A record was written (or failed, or panicked): the delivery is free.
+    fn recorded(&mut self, done: Result<(task::Id, i64), task::JoinError>) {
+        match done {
+            Ok((task, id)) => {
+                self.tasks.remove(&task);
+                self.deliveries.remove(&id);
+            }
+            Err(e) => self.lost(e.id()),
+        }
+    }
+
+    fn lost(&mut self, task: task::Id) {
+        if let Some(id) = self.tasks.remove(&task) {
+            tracing::error!(
+                delivery = id,
+                "a delivery task failed; the delivery stays pending"
+            );
+            self.deliveries.remove(&id);
+        }
+    }
+}
+
 async fn work(sink: Arc<Sink>, store: Store, shutdown: CancellationToken, grace: Duration) {
     let mut changes = store.outbox_changes();
-    // Attempts talking to the sink (bounded by the sink's concurrency), and
-    // the records of finished attempts on their way to the database. A
-    // delivery stays in `in_flight` until its record is committed, so it is
-    // never taken twice, and a job's next delivery waits for that record.
-    let mut attempts: JoinSet<AttemptRecord> = JoinSet::new();
-    let mut records: JoinSet<i64> = JoinSet::new();
-    let mut in_flight: HashSet<i64> = HashSet::new();
+    let mut flight = InFlight::default();
     tracing::info!(sink = %sink.name, "delivery worker started");
     loop {
-        while let Some(done) = attempts.try_join_next() {
-            if let Ok(record) = done {
-                records.spawn(record_attempt(Arc::clone(&sink), store.clone(), record));
-            }
+        while let Some(done) = flight.attempts.try_join_next_with_id() {
+            flight.attempted(&sink, &store, done);
         }
-        while let Some(done) = records.try_join_next() {
-            if let Ok(id) = done {
-                in_flight.remove(&id);
-            }
+        while let Some(done) = flight.records.try_join_next_with_id() {
+            flight.recorded(done);
         }
-        let free = sink.concurrency.saturating_sub(attempts.len());
+        let free = sink.concurrency.saturating_sub(flight.attempts.len());
         let now = now_rfc3339();
         let mut more_due = false;
         if free > 0 {
-            let limit = free + in_flight.len();
+            let limit = free + flight.deliveries.len();
             match store.due_deliveries(&sink.name, &now, limit as u32).await {
                 Ok(due) => {
                     more_due = due.len() >= limit;
-                    let fresh: Vec<_> = due
-                        .into_iter()
-                        .filter(|d| !in_flight.contains(&d.id))
-                        .take(free)
-                        .collect();
-                    for delivery in fresh {
-                        in_flight.insert(delivery.id);
-                        attempts.spawn(attempt(Arc::clone(&sink), delivery));
+                    for delivery in due {
+                        if flight.attempts.len() >= sink.concurrency {
+                            break;
+                        }
+                        if !flight.holds(&delivery) {
+                            flight.start(&sink, delivery);
+                        }
                     }
                 }
                 Err(e) => {
@@ -135,7 +205,7 @@ async fn work(sink: Arc<Sink>, store: Store, shutdown: CancellationToken, grace:
         }
         // With work in flight or more waiting, the next wake-up comes from
         // a finished attempt or record; otherwise sleep until the next retry.
-        let wait = if more_due || !in_flight.is_empty() {
+        let wait = if more_due || !flight.is_empty() {
             POLL
         } else {
             match store.next_due_after(&sink.name, &now).await {
@@ -145,15 +215,11 @@ async fn work(sink: Arc<Sink>, store: Store, shutdown: CancellationToken, grace:
         };
         tokio::select! {
             () = shutdown.cancelled() => break,
-            Some(done) = attempts.join_next(), if !attempts.is_empty() => {
-                if let Ok(record) = done {
-                    records.spawn(record_attempt(Arc::clone(&sink), store.clone(), record));
-                }
+            Some(done) = flight.attempts.join_next_with_id(), if !flight.attempts.is_empty() => {
+                flight.attempted(&sink, &store, done);
             }
-            Some(done) = records.join_next(), if !records.is_empty() => {
-                if let Ok(id) = done {
-                    in_flight.remove(&id);
-                }
+            Some(done) = flight.records.join_next_with_id(), if !flight.records.is_empty() => {
+                flight.recorded(done);
             }
             changed = changes.changed() => {
                 if changed.is_err() {
@@ -164,18 +230,16 @@ async fn work(sink: Arc<Sink>, store: Store, shutdown: CancellationToken, grace:
         }
     }
     let drained = tokio::time::timeout(grace, async {
-        while let Some(done) = attempts.join_next().await {
-            if let Ok(record) = done {
-                records.spawn(record_attempt(Arc::clone(&sink), store.clone(), record));
-            }
+        while let Some(done) = flight.attempts.join_next_with_id().await {
+            flight.attempted(&sink, &store, done);
         }
-        while records.join_next().await.is_some() {}
+        while flight.records.join_next().await.is_some() {}
     })
     .await;
     if drained.is_err() {
         tracing::warn!(sink = %sink.name, "attempts still running at shutdown stay pending");
-        attempts.abort_all();
-        records.abort_all();
+        flight.attempts.abort_all();
+        flight.records.abort_all();
     }
 }
 
@@ -241,7 +305,10 @@ async fn record_attempt(sink: Arc<Sink>, store: Store, record: AttemptRecord) ->
     let id = record.delivery_id;
     if let Err(e) = store.record_attempt(record).await {
         // The delivery stays pending and is attempted again: at least once.
+        // Held back a while first, so a database that cannot take writes
+        // (a full disk) does not turn into a stream of resends.
         tracing::error!(sink = %sink.name, delivery = id, error = %e, "cannot record an attempt");
+        tokio::time::sleep(RECORD_FAILED_WAIT).await;
     }
     id
 }

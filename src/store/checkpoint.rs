@@ -12,6 +12,7 @@ use rusqlite::Connection;
 use std::{
     path::Path,
     sync::mpsc::{self, RecvTimeoutError, Sender},
+    thread::JoinHandle,
     time::Duration,
 };
 
@@ -22,10 +23,26 @@ const EVERY: Duration = Duration::from_millis(200);
 /// background thread lets the log reach.
 pub(super) const WRITER_CHECKPOINT_PAGES: u32 = 16_384;
 
-/// Starts the thread; it stops once the returned sender is dropped.
-pub(super) fn spawn(conn: Connection) -> std::io::Result<Sender<()>> {
+/// The running checkpoint thread.
+pub(super) struct Checkpointer {
+    stop: Sender<()>,
+    thread: JoinHandle<()>,
+}
+
+impl Checkpointer {
+    /// Stops the thread and waits until its connection is closed.
+    pub fn stop(self) {
+        drop(self.stop);
+        if self.thread.join().is_err() {
+            tracing::warn!("the checkpoint thread panicked");
+        }
+    }
+}
+
+/// Starts the thread.
+pub(super) fn spawn(conn: Connection) -> std::io::Result<Checkpointer> {
     let (stop, stopped) = mpsc::channel::<()>();
-    std::thread::Builder::new()
+    let thread = std::thread::Builder::new()
         .name("tunehook-checkpoint".into())
         .spawn(move || {
             while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(EVERY) {
@@ -37,8 +54,11 @@ pub(super) fn spawn(conn: Connection) -> std::io::Result<Sender<()>> {
                     tracing::debug!(error = %e, "background checkpoint failed; the next one retries");
                 }
             }
+            if let Err((_, e)) = conn.close() {
+                tracing::debug!(error = %e, "closing the checkpoint connection failed");
+            }
         })?;
-    Ok(stop)
+    Ok(Checkpointer { stop, thread })
 }
 
 /// The checkpointer's connection to `file`.

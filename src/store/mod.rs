@@ -63,8 +63,6 @@ pub struct Store {
     writer: WriterHandle,
     reads: SqlitePool,
     outbox: watch::Receiver<u64>,
-    /// Keeps the background checkpoints running while any handle lives.
-    _checkpoints: Arc<std::sync::mpsc::Sender<()>>,
 }
 
 impl Store {
@@ -82,7 +80,7 @@ impl Store {
         MIGRATOR.run(&mut conn).await?;
         conn.close().await?;
         let conn = open_writer(options.get_filename(), settings)?;
-        let checkpoints = checkpoint::open(options.get_filename(), settings.busy_timeout)
+        let checkpointer = checkpoint::open(options.get_filename(), settings.busy_timeout)
             .map_err(|e| StoreError::Unavailable(format!("cannot open the database: {e}")))
             .and_then(|conn| {
                 checkpoint::spawn(conn).map_err(|e| {
@@ -95,13 +93,18 @@ impl Store {
             .connect_with(options.clone().read_only(true))
             .await?;
         let (outbox_tx, outbox) = watch::channel(0);
-        let (writer, task) = writer::spawn(conn, settings.max_batch, Arc::new(routes), outbox_tx);
+        let (writer, task) = writer::spawn(
+            conn,
+            checkpointer,
+            settings.max_batch,
+            Arc::new(routes),
+            outbox_tx,
+        );
         Ok((
             Store {
                 writer,
                 reads,
                 outbox,
-                _checkpoints: Arc::new(checkpoints),
             },
             task,
         ))

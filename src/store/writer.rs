@@ -12,6 +12,7 @@
 
 use super::{
     StoreError,
+    checkpoint::Checkpointer,
     ingest::{self, IngestRequest, IngestResult},
     outbox::{self, AttemptRecord, ReplayRequest, SinkRoute},
     reconcile::{self, ReconcileSummary, RemoteObservation},
@@ -78,6 +79,7 @@ pub(super) fn mismatch() -> StoreError {
 
 struct Writer {
     conn: Connection,
+    checkpointer: Checkpointer,
     routes: Arc<Vec<SinkRoute>>,
     /// Bumped after each commit that made deliveries due.
     outbox: watch::Sender<u64>,
@@ -85,6 +87,7 @@ struct Writer {
 
 pub(super) fn spawn(
     conn: Connection,
+    checkpointer: Checkpointer,
     max_batch: usize,
     routes: Arc<Vec<SinkRoute>>,
     outbox: watch::Sender<u64>,
@@ -92,6 +95,7 @@ pub(super) fn spawn(
     let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
     let writer = Writer {
         conn,
+        checkpointer,
         routes,
         outbox,
     };
@@ -118,6 +122,15 @@ impl Writer {
                 elapsed_us = started.elapsed().as_micros() as u64,
                 "batch committed"
             );
+        }
+        // Everything is committed: fold the log into the database file, so
+        // that the file alone holds it all once tunehook has stopped.
+        self.checkpointer.stop();
+        if let Err(e) = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        {
+            tracing::warn!(error = %e, "the final checkpoint failed; the log is kept");
         }
         if let Err((_, e)) = self.conn.close() {
             tracing::warn!(error = %e, "closing the database failed");
@@ -330,6 +343,16 @@ fn in_savepoint(
     work: Work<'_>,
     routes: &[SinkRoute],
 ) -> Result<Done, Failure> {
+    // Some failures (an I/O error, a full disk) make SQLite roll the whole
+    // transaction back. A savepoint begun then would be a transaction of its
+    // own, committed on release: refuse instead, so nothing is stored that
+    // the batch's answer (503) says was not.
+    if tx.is_autocommit() {
+        return Err(Failure::Unavailable(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
+            Some("the batch's transaction was rolled back".into()),
+        )));
+    }
     let savepoint = tx.savepoint().map_err(Failure::Unavailable)?;
     let result = match work {
         Work::Webhooks(requests) => {

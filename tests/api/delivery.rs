@@ -204,6 +204,7 @@ async fn retry_after_from_the_sink_is_honoured() {
             Reply {
                 status: 429,
                 retry_after: Some(1),
+                ..OK
             }
         } else {
             OK
@@ -340,11 +341,7 @@ async fn a_failing_event_holds_later_events_of_its_job_but_not_other_jobs() {
 
 #[tokio::test]
 async fn deliveries_pending_at_shutdown_are_delivered_after_a_restart() {
-    let fake = FakeSink::answering(|_, _| Reply {
-        status: 503,
-        retry_after: None,
-    })
-    .await;
+    let fake = FakeSink::answering(|_, _| Reply { status: 503, ..OK }).await;
     let app = spawn_app_with(|s| {
         s.delivery.retry_schedule = vec![Duration::from_millis(50); 50];
         s.sinks = vec![http_sink("b", &fake.url())];
@@ -799,4 +796,59 @@ async fn events_behind_a_failing_one_wait_and_a_retried_event_goes_first() {
         b["sinks"][0]["pending"] == 0
     })
     .await;
+}
+
+#[tokio::test]
+async fn an_event_retried_by_hand_waits_while_its_job_has_an_event_in_flight() {
+    // The sink takes its time over AVAILABLE.
+    let fake = FakeSink::answering(|body, _| {
+        if body["data"]["status"] == "AVAILABLE" {
+            Reply {
+                delay: Duration::from_millis(600),
+                ..OK
+            }
+        } else {
+            OK
+        }
+    })
+    .await;
+    let app = app_with_sinks(vec![http_sink("b", &fake.url())]).await;
+    app.post(json!({"event": "TRAINING_COMPLETED", "finetune_id": "slow"}))
+        .await;
+    let delivered = app
+        .wait_for(
+            "/v1/deliveries?finetune_id=slow&status=delivered",
+            "the first event delivered",
+            |b| b["deliveries"].as_array().is_some_and(|d| d.len() == 1),
+        )
+        .await;
+    let first = delivered["deliveries"][0]["id"].as_i64().expect("id");
+    app.post(json!({"event": "AVAILABLE", "finetune_id": "slow"}))
+        .await;
+    fake.wait_for(2).await;
+
+    // AVAILABLE is at the sink; the first event, sent again, must not
+    // overtake it.
+    let (status, body) = app
+        .post_api(&format!("/v1/deliveries/{first}/retry"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let received = fake.wait_for(3).await;
+    let statuses: Vec<Value> = received
+        .iter()
+        .map(|r| r.json()["data"]["status"].clone())
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            json!("TRAINING_COMPLETED"),
+            json!("AVAILABLE"),
+            json!("TRAINING_COMPLETED")
+        ]
+    );
+    let gap = received[2].at.duration_since(received[1].at);
+    assert!(
+        gap >= Duration::from_millis(550),
+        "sent again {gap:?} after AVAILABLE arrived, before the sink answered it"
+    );
 }

@@ -36,20 +36,24 @@ impl Received {
     }
 }
 
-/// How to answer: a status and optional `Retry-After`.
+/// How to answer: a status, an optional `Retry-After`, and how long to
+/// take over it.
 #[derive(Debug, Clone, Copy)]
 pub struct Reply {
     pub status: u16,
     pub retry_after: Option<u64>,
+    pub delay: Duration,
 }
 
 pub const OK: Reply = Reply {
     status: 204,
     retry_after: None,
+    delay: Duration::ZERO,
 };
 pub const FAIL: Reply = Reply {
     status: 500,
     retry_after: None,
+    delay: Duration::ZERO,
 };
 
 type Behaviour = dyn Fn(&Value, &[Received]) -> Reply + Send + Sync;
@@ -152,6 +156,7 @@ async fn receive(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) 
             at: Instant::now(),
         });
     }
+    tokio::time::sleep(reply.delay).await;
     let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     match reply.retry_after {
         Some(seconds) => {

@@ -1,6 +1,6 @@
 //! Health, readiness, unknown routes, and what survives a restart.
 
-use crate::helpers::{spawn_app, transition_statuses};
+use crate::helpers::{spawn_app, spawn_app_with, transition_statuses};
 use reqwest::StatusCode;
 use serde_json::json;
 
@@ -100,7 +100,7 @@ async fn the_database_is_in_wal_mode_on_disk() {
 #[tokio::test]
 async fn when_the_database_cannot_take_the_write_the_answer_is_503_and_nothing_is_stored() {
     use sqlx::{Connection, Executor};
-    let app = crate::helpers::spawn_app_with(|s| {
+    let app = spawn_app_with(|s| {
         s.database.busy_timeout = std::time::Duration::from_millis(100);
     })
     .await;
@@ -135,4 +135,24 @@ async fn when_the_database_cannot_take_the_write_the_answer_is_503_and_nothing_i
     assert_eq!(receipts[0]["finetune_id"], "later");
     let (status, _) = app.get("/v1/jobs/blocked").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn after_a_clean_stop_the_database_file_alone_holds_every_webhook() {
+    let app = spawn_app().await;
+    for i in 0..20 {
+        let (status, body) = app
+            .post(json!({"event": "AVAILABLE", "finetune_id": format!("copy-{i}")}))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let dir = app.stop().await;
+
+    // A backup made by copying the database file once tunehook has stopped.
+    let backup = tempfile::tempdir().expect("a folder");
+    let file = backup.path().join("tunehook.db");
+    std::fs::copy(dir.path().join("tunehook.db"), &file).expect("copied");
+    let restored =
+        spawn_app_with(|s| s.database.url = format!("sqlite://{}", file.display())).await;
+    assert_eq!(restored.all_jobs().await.len(), 20);
 }

@@ -283,19 +283,9 @@ pub async fn load(
             while !stop.load(Ordering::Relaxed) {
                 let body = bodies[i % bodies.len()].clone();
                 i += connections;
-                let sent = Instant::now();
-                match client
-                    .post(&url)
-                    .header("content-type", "application/json")
-                    .body(body)
-                    .send()
-                    .await
-                {
-                    Ok(r) if r.status().is_success() => {
-                        let _ = r.bytes().await;
-                        latencies.push(sent.elapsed().as_micros() as u64);
-                    }
-                    _ => {
+                match post_one(&client, &url, body).await {
+                    Some(micros) => latencies.push(micros),
+                    None => {
                         errors.fetch_add(1, Ordering::Relaxed);
                     }
                 }
@@ -317,6 +307,22 @@ pub async fn load(
         elapsed,
         latencies_us,
     })
+}
+
+/// Posts one JSON body; answers its latency in microseconds, or `None`
+/// when it failed or got no 2xx.
+async fn post_one(client: &reqwest::Client, url: &str, body: String) -> Option<u64> {
+    let sent = Instant::now();
+    let response = client
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .ok()
+        .filter(|r| r.status().is_success())?;
+    let _ = response.bytes().await;
+    Some(sent.elapsed().as_micros() as u64)
 }
 
 /// A markdown table row: rate, p50, p99, max, errors.
@@ -344,19 +350,9 @@ pub async fn post_all(url: &str, per_connection: Vec<Vec<String>>) -> anyhow::Re
         tasks.push(tokio::spawn(async move {
             let (mut latencies, mut errors) = (Vec::with_capacity(bodies.len()), 0u64);
             for body in bodies {
-                let sent = Instant::now();
-                match client
-                    .post(&url)
-                    .header("content-type", "application/json")
-                    .body(body)
-                    .send()
-                    .await
-                {
-                    Ok(r) if r.status().is_success() => {
-                        let _ = r.bytes().await;
-                        latencies.push(sent.elapsed().as_micros() as u64);
-                    }
-                    _ => errors += 1,
+                match post_one(&client, &url, body).await {
+                    Some(micros) => latencies.push(micros),
+                    None => errors += 1,
                 }
             }
             (latencies, errors)
