@@ -140,9 +140,10 @@ pub(super) fn record_attempt(conn: &Connection, r: &AttemptRecord) -> rusqlite::
     Ok(())
 }
 
-/// Puts a dead or delivered delivery back to pending, due now, with a fresh
-/// retry schedule. False when it is unknown or already pending. Being the
-/// oldest, it goes before its job's later pending deliveries, which wait.
+/// Puts a dead or delivered delivery back to pending with a fresh retry
+/// schedule, in its place in its job's queue: due now when no older
+/// delivery of the job is pending (the later ones then wait behind it),
+/// else waiting its turn. False when it is unknown or already pending.
 pub(super) fn retry(conn: &Connection, id: i64) -> rusqlite::Result<bool> {
     let updated = conn.execute(
         "UPDATE deliveries SET status = 'pending', retry_step = 0, next_attempt_at = ?1
@@ -150,12 +151,17 @@ pub(super) fn retry(conn: &Connection, id: i64) -> rusqlite::Result<bool> {
         (crate::time::now_rfc3339(), id),
     )?;
     if updated == 1 {
+        // Back in its place in the job's queue: every pending delivery but
+        // the oldest waits, whichever of them this one is.
         conn.execute(
             "UPDATE deliveries SET next_attempt_at = ?2
              WHERE id IN (
                 SELECT w.id FROM deliveries d
                 JOIN deliveries w ON w.sink = d.sink AND w.finetune_id = d.finetune_id
-                WHERE d.id = ?1 AND w.status = 'pending' AND w.id > d.id)",
+                WHERE d.id = ?1 AND w.status = 'pending'
+                  AND w.id > (SELECT MIN(x.id) FROM deliveries x
+                              WHERE x.sink = d.sink AND x.finetune_id = d.finetune_id
+                                AND x.status = 'pending'))",
             (id, WAITING),
         )?;
     }
@@ -426,5 +432,164 @@ impl Store {
         .bind(finetune_id)
         .fetch_all(&self.reads)
         .await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The queue rule, over any sequence of what can happen to deliveries:
+    //! per job and sink, the oldest pending delivery is the only one with a
+    //! time of its own, and every other pending one waits.
+
+    use super::*;
+    use proptest::prelude::*;
+
+    const JOBS: [&str; 3] = ["a", "b", "c"];
+    const NOW: &str = "2026-01-01T00:00:00.000000Z";
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// A new transition of a job, forwarded to the sink.
+        Transition(usize),
+        /// An attempt on a job's due delivery, with its outcome.
+        Attempt(usize, Outcome),
+        /// Sending a finished delivery again, by its rank among them.
+        Retry(usize),
+        /// Replaying every event to the sink, or one job's.
+        Replay(Option<usize>),
+    }
+
+    #[derive(Debug, Clone, Copy)]
+    enum Outcome {
+        Delivered,
+        RetryLater,
+        Dead,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            3 => (0..JOBS.len()).prop_map(Op::Transition),
+            4 => (0..JOBS.len(), prop_oneof![
+                Just(Outcome::Delivered),
+                Just(Outcome::RetryLater),
+                Just(Outcome::Dead)
+            ])
+                .prop_map(|(job, outcome)| Op::Attempt(job, outcome)),
+            1 => (0..50usize).prop_map(Op::Retry),
+            1 => proptest::option::of(0..JOBS.len()).prop_map(Op::Replay),
+        ]
+    }
+
+    fn database() -> Connection {
+        let conn = Connection::open_in_memory().expect("a database");
+        for migration in super::super::MIGRATOR.iter() {
+            conn.execute_batch(&migration.sql)
+                .expect("the migrations apply");
+        }
+        for job in JOBS {
+            conn.execute(
+                "INSERT INTO jobs (finetune_id, status, status_rank, first_seen_at, updated_at)
+                 VALUES (?1, 'TRAINING', 20, ?2, ?2)",
+                (job, NOW),
+            )
+            .expect("a job");
+        }
+        conn
+    }
+
+    /// The delivery of `job` that is due, if any.
+    fn due(conn: &Connection, job: &str) -> Option<i64> {
+        conn.query_row(
+            "SELECT id FROM deliveries WHERE finetune_id = ?1 AND status = 'pending'
+               AND next_attempt_at <> ?2 ORDER BY id LIMIT 1",
+            (job, WAITING),
+            |row| row.get(0),
+        )
+        .ok()
+    }
+
+    fn apply(conn: &Connection, routes: &[SinkRoute], step: usize, op: &Op) {
+        match op {
+            Op::Transition(job) => {
+                let event_id = format!("tr_{step}");
+                conn.execute(
+                    "INSERT INTO transitions (event_id, finetune_id, to_status, source, observed_at)
+                     VALUES (?1, ?2, ?3, 'webhook', ?4)",
+                    (&event_id, JOBS[*job], format!("S{step}"), NOW),
+                )
+                .expect("a transition");
+                let delivery = NewDelivery {
+                    sink: "s".into(),
+                    event_id,
+                    finetune_id: JOBS[*job].into(),
+                };
+                insert_deliveries(conn, &[delivery], NOW).expect("inserted");
+            }
+            Op::Attempt(job, outcome) => {
+                let Some(id) = due(conn, JOBS[*job]) else {
+                    return;
+                };
+                let next = match outcome {
+                    Outcome::Delivered => NextStep::Delivered,
+                    Outcome::RetryLater => NextStep::RetryAt("2026-01-01T00:00:05.000000Z".into()),
+                    Outcome::Dead => NextStep::Dead,
+                };
+                let record = AttemptRecord {
+                    delivery_id: id,
+                    started_at: NOW.into(),
+                    finished_at: NOW.into(),
+                    duration_ms: 1,
+                    status_code: Some(500),
+                    exit_code: None,
+                    error: None,
+                    response: None,
+                    next,
+                };
+                record_attempt(conn, &record).expect("recorded");
+            }
+            Op::Retry(rank) => {
+                let finished: Vec<i64> = conn
+                    .prepare("SELECT id FROM deliveries WHERE status <> 'pending' ORDER BY id")
+                    .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+                    .expect("read");
+                if let Some(id) = finished.get(rank % finished.len().max(1)) {
+                    assert!(retry(conn, *id).expect("retried"));
+                }
+            }
+            Op::Replay(job) => {
+                let request = ReplayRequest {
+                    sink: "s".into(),
+                    since: "2000-01-01T00:00:00Z".into(),
+                    finetune_id: job.map(|j| JOBS[j].to_owned()),
+                };
+                replay(conn, &request, routes).expect("replayed");
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn only_the_oldest_pending_delivery_of_a_job_is_ever_due(ops in prop::collection::vec(op(), 1..60)) {
+            let conn = database();
+            let routes = [SinkRoute { name: "s".into(), statuses: None }];
+            for (step, op) in ops.iter().enumerate() {
+                apply(&conn, &routes, step, op);
+                for job in JOBS {
+                    let pending: Vec<(i64, String)> = conn
+                        .prepare("SELECT id, next_attempt_at FROM deliveries
+                                  WHERE finetune_id = ?1 AND status = 'pending' ORDER BY id")
+                        .and_then(|mut s| s.query_map([job], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
+                        .expect("read");
+                    for (i, (id, at)) in pending.iter().enumerate() {
+                        prop_assert_eq!(
+                            i == 0,
+                            at != WAITING,
+                            "after {:?}: delivery {} of job {} ({}), pending: {:?}",
+                            op, id, job, at, pending
+                        );
+                    }
+                }
+            }
+        }
     }
 }
