@@ -205,6 +205,18 @@ async fn get(client: &reqwest::Client, server: &Server, path: &str) -> (StatusCo
     )
 }
 
+/// Stops the server with SIGTERM; checks it exited cleanly without a panic
+/// and answers its log.
+async fn stop(server: Server) -> String {
+    let (status, log) =
+        tokio::task::spawn_blocking(move || server.terminate(Duration::from_secs(25)))
+            .await
+            .expect("terminate");
+    assert!(status.success(), "exit status {status:?}\n{log}");
+    assert!(!log.contains("panicked"), "a panic:\n{log}");
+    log
+}
+
 /// Every item of a paged list (`key` in each page), following `next_cursor`.
 async fn every_item(
     client: &reqwest::Client,
@@ -388,12 +400,7 @@ async fn a_full_disk_gets_503_for_every_webhook_and_storing_resumes_when_space_r
     let answer: Value = response.json().await.expect("json");
     assert_eq!(answer["outcome"], "applied", "{answer}");
 
-    let (status, log) =
-        tokio::task::spawn_blocking(move || server.terminate(Duration::from_secs(25)))
-            .await
-            .expect("terminate");
-    assert!(status.success(), "exit status {status:?}\n{log}");
-    assert!(!log.contains("panicked"), "a panic:\n{log}");
+    let log = stop(server).await;
     assert!(
         log.lines().any(
             |l| (l.contains(r#""level":"ERROR""#) || l.contains(r#""level":"WARN""#))
@@ -421,10 +428,5 @@ async fn a_full_disk_gets_503_for_every_webhook_and_storing_resumes_when_space_r
         receipts, expected_receipts,
         "one receipt per acknowledged webhook, none for a refused one"
     );
-    let (status, log) =
-        tokio::task::spawn_blocking(move || server.terminate(Duration::from_secs(25)))
-            .await
-            .expect("terminate");
-    assert!(status.success(), "exit status {status:?}\n{log}");
-    assert!(!log.contains("panicked"), "a panic:\n{log}");
+    stop(server).await;
 }
