@@ -27,6 +27,8 @@ struct Server {
     child: Child,
     addr: String,
     log: Arc<Mutex<String>>,
+    /// The threads reading stdout and stderr; they end when the process does.
+    readers: Vec<std::thread::JoinHandle<()>>,
 }
 
 /// Appends every line of `stream` to `log`; sends the listening address
@@ -35,7 +37,7 @@ fn collect(
     stream: impl Read + Send + 'static,
     log: Arc<Mutex<String>>,
     addr: Option<mpsc::Sender<String>>,
-) {
+) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         for line in BufReader::new(stream).lines().map_while(Result::ok) {
             if let (Some(tx), Ok(event)) = (&addr, serde_json::from_str::<Value>(&line)) {
@@ -48,7 +50,7 @@ fn collect(
                 log.push('\n');
             }
         }
-    });
+    })
 }
 
 /// Starts `tunehook serve` on a free port with its database in `dir`,
@@ -76,12 +78,14 @@ fn serve(dir: &Path) -> Server {
         .expect("serve starts");
     let log = Arc::new(Mutex::new(String::new()));
     let (tx, rx) = mpsc::channel();
-    collect(
-        child.stdout.take().expect("stdout"),
-        Arc::clone(&log),
-        Some(tx),
-    );
-    collect(child.stderr.take().expect("stderr"), Arc::clone(&log), None);
+    let readers = vec![
+        collect(
+            child.stdout.take().expect("stdout"),
+            Arc::clone(&log),
+            Some(tx),
+        ),
+        collect(child.stderr.take().expect("stderr"), Arc::clone(&log), None),
+    ];
     let addr = match rx.recv_timeout(Duration::from_secs(30)) {
         Ok(addr) => addr,
         Err(_) => {
@@ -93,7 +97,12 @@ fn serve(dir: &Path) -> Server {
             );
         }
     };
-    Server { child, addr, log }
+    Server {
+        child,
+        addr,
+        log,
+        readers,
+    }
 }
 
 impl Server {
@@ -117,8 +126,10 @@ impl Server {
         let deadline = Instant::now() + limit;
         loop {
             if let Some(status) = self.child.try_wait().expect("wait") {
-                // Let the reader threads take the last lines.
-                std::thread::sleep(Duration::from_millis(100));
+                // The readers end at the end of the output: every line is in.
+                for reader in self.readers.drain(..) {
+                    let _ = reader.join();
+                }
                 return (status, self.log());
             }
             if Instant::now() >= deadline {
