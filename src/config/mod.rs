@@ -42,7 +42,7 @@ pub const ENV_PREFIX: &str = "TUNEHOOK__";
 pub struct Settings {
     pub server: ServerSettings,
     pub database: DatabaseSettings,
-    pub ingest: TokenSettings,
+    pub ingest: IngestSettings,
     pub api: TokenSettings,
     pub segmind: SegmindSettings,
     pub log: LogSettings,
@@ -153,6 +153,54 @@ pub struct TokenSettings {
     /// the database.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token: Option<Secret>,
+}
+
+/// Whether a webhook's claim waits for Segmind's API to agree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Confirm {
+    /// Apply a claim only once Segmind's details for the job agree.
+    Api,
+    /// Believe webhooks as they come.
+    Off,
+}
+
+/// What becomes of a claim Segmind's API could not be asked about before
+/// `ingest.confirm_timeout`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Unconfirmed {
+    /// Apply it on the webhook's word, recorded `unconfirmed`.
+    Apply,
+    /// Leave it unapplied (the receipt keeps it).
+    Drop,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestSettings {
+    /// When unset, a random token is generated on first start and kept in
+    /// the database.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<Secret>,
+    /// `api` or `off`; unset: `api` when `segmind.api_key` is set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub confirm: Option<Confirm>,
+    /// How long a claim may wait for Segmind's API to agree.
+    #[serde(with = "humantime_serde")]
+    pub confirm_timeout: Duration,
+    pub unconfirmed: Unconfirmed,
+}
+
+impl Default for IngestSettings {
+    fn default() -> Self {
+        IngestSettings {
+            token: None,
+            confirm: None,
+            confirm_timeout: Duration::from_secs(120),
+            unconfirmed: Unconfirmed::Apply,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -346,7 +394,28 @@ impl Settings {
                 self.log.filter
             ));
         }
+        if self.ingest.confirm == Some(Confirm::Api) && self.segmind.api_key.is_none() {
+            return invalid(
+                "ingest.confirm: `api` needs segmind.api_key (SEGMIND_API_KEY) to ask Segmind"
+                    .into(),
+            );
+        }
+        if self.ingest.confirm_timeout.is_zero() {
+            return invalid("ingest.confirm_timeout must be greater than 0".into());
+        }
         sinks::validate(&self.delivery, &self.sinks)
+    }
+
+    /// Whether webhooks wait for Segmind's API to agree: `ingest.confirm`,
+    /// or, when it is unset, whenever an API key is set.
+    pub fn confirm(&self) -> Confirm {
+        self.ingest
+            .confirm
+            .unwrap_or(if self.segmind.api_key.is_some() {
+                Confirm::Api
+            } else {
+                Confirm::Off
+            })
     }
 
     /// The settings as TOML, secrets shown as `[redacted]`.

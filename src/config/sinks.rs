@@ -2,7 +2,7 @@
 //! hard to try.
 
 use super::{ConfigError, Secret};
-use crate::domain::Status;
+use crate::domain::{Status, event::EventType};
 use base64::{Engine, engine::general_purpose::STANDARD};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::{collections::BTreeMap, path::PathBuf, time::Duration};
@@ -54,6 +54,10 @@ pub struct SinkSettings {
     /// Only these statuses are forwarded; unset forwards every status.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub statuses: Option<Vec<String>>,
+    /// The event types forwarded: `finetune.status_changed` and/or
+    /// `finetune.updated`; unset forwards both.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<Vec<String>>,
     /// File to append to (file sinks).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<PathBuf>,
@@ -130,6 +134,14 @@ impl SinkSettings {
         self.statuses
             .as_ref()
             .map(|list| list.iter().filter_map(|s| Status::parse(s)).collect())
+    }
+
+    /// The event types this sink receives.
+    pub fn event_filter(&self) -> Vec<EventType> {
+        match &self.events {
+            None => EventType::ALL.to_vec(),
+            Some(list) => list.iter().filter_map(|e| EventType::parse(e)).collect(),
+        }
     }
 
     /// The signing key: the bytes behind `whsec_`.
@@ -214,6 +226,20 @@ pub fn validate(delivery: &DeliverySettings, sinks: &[SinkSettings]) -> Result<(
         if let Some(statuses) = &sink.statuses {
             if let Some(bad) = statuses.iter().find(|s| Status::parse(s).is_none()) {
                 return invalid(format!("{label}: statuses: `{bad}` is not a status name"));
+            }
+        }
+        if let Some(events) = &sink.events {
+            if let Some(bad) = events.iter().find(|e| EventType::parse(e).is_none()) {
+                let known: Vec<&str> = EventType::ALL.iter().map(|t| t.as_str()).collect();
+                return invalid(format!(
+                    "{label}: events: `{bad}` is not an event type (one of {})",
+                    known.join(", ")
+                ));
+            }
+            if events.is_empty() {
+                return invalid(format!(
+                    "{label}: events: the list is empty, so the sink would receive nothing"
+                ));
             }
         }
         if sink.timeout.is_some_and(|t| t.is_zero()) {

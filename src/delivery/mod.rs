@@ -44,6 +44,7 @@ pub fn routes(sinks: &[SinkSettings]) -> Vec<SinkRoute> {
         .map(|s| SinkRoute {
             name: s.name.clone(),
             statuses: s.status_filter(),
+            events: s.event_filter(),
         })
         .collect()
 }

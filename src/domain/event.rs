@@ -1,12 +1,37 @@
-//! The event sent to sinks for each applied transition. Its shape is public
+//! The events sent to sinks: one for each applied transition
+//! (`finetune.status_changed`) and one for each change to a field a user acts
+//! on without a status change (`finetune.updated`). Their shape is public
 //! (see the README) and versioned by `type`.
 
 use super::job::Job;
 use serde::Serialize;
 
 pub const STATUS_CHANGED: &str = "finetune.status_changed";
+pub const UPDATED: &str = "finetune.updated";
 
-/// A job as `GET /v1/jobs/{id}` shows it, without transitions.
+/// The kinds of event a sink can choose to receive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum EventType {
+    StatusChanged,
+    Updated,
+}
+
+impl EventType {
+    pub const ALL: [EventType; 2] = [EventType::StatusChanged, EventType::Updated];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::StatusChanged => STATUS_CHANGED,
+            EventType::Updated => UPDATED,
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<EventType> {
+        EventType::ALL.into_iter().find(|t| t.as_str() == raw)
+    }
+}
+
+/// A job as `GET /v1/jobs/{id}` shows it, without transitions and updates.
 #[derive(Debug, Clone, Serialize)]
 pub struct JobView<'a> {
     pub finetune_id: &'a str,
@@ -99,6 +124,50 @@ pub fn status_changed(
     serde_json::to_string(&event).unwrap_or_else(|_| String::from("{}"))
 }
 
+#[derive(Debug, Serialize)]
+struct Update<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    id: &'a str,
+    timestamp: &'a str,
+    data: UpdateData<'a>,
+}
+
+#[derive(Debug, Serialize)]
+struct UpdateData<'a> {
+    finetune_id: &'a str,
+    name: Option<&'a str>,
+    status: &'a str,
+    changed: &'a [&'a str],
+    source: &'a str,
+    job: JobView<'a>,
+}
+
+/// The `finetune.updated` event for `changed` fields of `job` (in its
+/// current status), as JSON text.
+pub fn updated(
+    event_id: &str,
+    timestamp: &str,
+    changed: &[&str],
+    source: &str,
+    job: &Job,
+) -> String {
+    let event = Update {
+        kind: UPDATED,
+        id: event_id,
+        timestamp,
+        data: UpdateData {
+            finetune_id: &job.finetune_id,
+            name: job.fields.name.as_deref(),
+            status: job.status.as_str(),
+            changed,
+            source,
+            job: JobView::from(job),
+        },
+    };
+    serde_json::to_string(&event).unwrap_or_else(|_| String::from("{}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,5 +207,49 @@ mod tests {
         assert_eq!(event["data"]["name"], "n");
         assert_eq!(event["data"]["job"]["finetune_id"], "ft");
         assert!(event["data"]["job"].get("transitions").is_none());
+    }
+
+    #[test]
+    fn the_update_event_names_the_changed_fields() {
+        let job = Job {
+            finetune_id: "ft".into(),
+            status: Status::parse("AVAILABLE").expect("valid"),
+            fields: JobFields {
+                inference_api_url: Some("https://i".into()),
+                ..Default::default()
+            },
+            first_seen_at: "t0".into(),
+            updated_at: "t1".into(),
+            recorded: Default::default(),
+            webhook_status: None,
+            segmind_status: None,
+            segmind_seen_at: None,
+        };
+        let event: Value = serde_json::from_str(&updated(
+            "ev_1",
+            "t1",
+            &["inference_api_url"],
+            "reconcile",
+            &job,
+        ))
+        .expect("json");
+        assert_eq!(event["type"], "finetune.updated");
+        assert_eq!(event["id"], "ev_1");
+        assert_eq!(event["data"]["status"], "AVAILABLE");
+        assert_eq!(
+            event["data"]["changed"],
+            serde_json::json!(["inference_api_url"])
+        );
+        assert_eq!(event["data"]["source"], "reconcile");
+        assert_eq!(event["data"]["job"]["inference_api_url"], "https://i");
+        assert!(event["data"].get("previous_status").is_none());
+    }
+
+    #[test]
+    fn event_types_read_back_from_their_names() {
+        for kind in EventType::ALL {
+            assert_eq!(EventType::parse(kind.as_str()), Some(kind));
+        }
+        assert_eq!(EventType::parse("finetune.other"), None);
     }
 }

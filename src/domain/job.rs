@@ -28,53 +28,77 @@ pub struct JobFields {
 }
 
 impl JobFields {
+    /// Each text field with its name, here and in `other`.
     fn pairs<'a>(
         &'a mut self,
         other: &'a JobFields,
-    ) -> [(&'a mut Option<String>, &'a Option<String>); 13] {
+    ) -> [(&'static str, &'a mut Option<String>, &'a Option<String>); 13] {
         [
-            (&mut self.theme, &other.theme),
-            (&mut self.train_type, &other.train_type),
-            (&mut self.source_type, &other.source_type),
-            (&mut self.data_source_path, &other.data_source_path),
-            (&mut self.name, &other.name),
-            (&mut self.base_model, &other.base_model),
-            (&mut self.slug, &other.slug),
-            (&mut self.trained_model_url, &other.trained_model_url),
-            (&mut self.inference_api_url, &other.inference_api_url),
-            (&mut self.cloud_storage_url, &other.cloud_storage_url),
-            (&mut self.error_message, &other.error_message),
-            (&mut self.created_ts, &other.created_ts),
-            (&mut self.updated_ts, &other.updated_ts),
+            ("theme", &mut self.theme, &other.theme),
+            ("train_type", &mut self.train_type, &other.train_type),
+            ("source_type", &mut self.source_type, &other.source_type),
+            (
+                "data_source_path",
+                &mut self.data_source_path,
+                &other.data_source_path,
+            ),
+            ("name", &mut self.name, &other.name),
+            ("base_model", &mut self.base_model, &other.base_model),
+            ("slug", &mut self.slug, &other.slug),
+            (
+                "trained_model_url",
+                &mut self.trained_model_url,
+                &other.trained_model_url,
+            ),
+            (
+                "inference_api_url",
+                &mut self.inference_api_url,
+                &other.inference_api_url,
+            ),
+            (
+                "cloud_storage_url",
+                &mut self.cloud_storage_url,
+                &other.cloud_storage_url,
+            ),
+            (
+                "error_message",
+                &mut self.error_message,
+                &other.error_message,
+            ),
+            ("created_ts", &mut self.created_ts, &other.created_ts),
+            ("updated_ts", &mut self.updated_ts, &other.updated_ts),
         ]
     }
 
-    /// Takes every field `newer` carries. Returns whether anything changed.
-    pub fn take_newer(&mut self, newer: &JobFields) -> bool {
-        let mut changed = newer.public_model.is_some() && self.public_model != newer.public_model;
-        if changed {
-            self.public_model = newer.public_model;
-        }
-        for (mine, theirs) in self.pairs(newer) {
-            if theirs.is_some() && mine != theirs {
-                mine.clone_from(theirs);
-                changed = true;
-            }
-        }
-        changed
+    /// Takes every field `newer` carries. Returns the names of the fields
+    /// that changed.
+    pub fn take_newer(&mut self, newer: &JobFields) -> Vec<&'static str> {
+        self.merge(newer, |mine, theirs| theirs.is_some() && mine != theirs)
     }
 
-    /// Fills only the fields that are empty here. Returns whether anything changed.
-    pub fn fill_empty(&mut self, other: &JobFields) -> bool {
-        let mut changed = self.public_model.is_none() && other.public_model.is_some();
-        if changed {
-            self.public_model = other.public_model;
-        }
-        for (mine, theirs) in self.pairs(other) {
-            if mine.is_none() && theirs.is_some() {
+    /// Fills only the fields that are empty here. Returns the names of the
+    /// fields that changed.
+    pub fn fill_empty(&mut self, other: &JobFields) -> Vec<&'static str> {
+        self.merge(other, |mine, theirs| mine.is_none() && theirs.is_some())
+    }
+
+    /// Copies each field of `other` for which `take(mine, theirs)` holds.
+    fn merge(
+        &mut self,
+        other: &JobFields,
+        take: impl Fn(&Option<String>, &Option<String>) -> bool,
+    ) -> Vec<&'static str> {
+        let mut changed = Vec::new();
+        for (name, mine, theirs) in self.pairs(other) {
+            if take(mine, theirs) {
                 mine.clone_from(theirs);
-                changed = true;
+                changed.push(name);
             }
+        }
+        let as_text = |flag: Option<bool>| flag.map(|b| b.to_string());
+        if take(&as_text(self.public_model), &as_text(other.public_model)) {
+            self.public_model = other.public_model;
+            changed.push("public_model");
         }
         changed
     }
@@ -124,8 +148,39 @@ pub struct Effect {
     pub decision: Decision,
     /// The job's status before the observation (`None` for a new job).
     pub previous: Option<Status>,
-    /// Whether the job changed at all (its status or any field).
+    /// Whether the job changed at all (its status, any field, or what tunehook
+    /// keeps about who said what).
     pub changed: bool,
+    /// The fields the observation changed (whatever the status did).
+    pub fields_changed: Vec<&'static str>,
+}
+
+/// The fields a user acts on: a change to one of them, without a status
+/// change, is forwarded as a `finetune.updated` event. The others (Segmind's
+/// own timestamps, the dataset path...) are kept but not announced.
+pub const NOTIFIED_FIELDS: [&str; 8] = [
+    "name",
+    "trained_model_url",
+    "inference_api_url",
+    "cloud_storage_url",
+    "error_message",
+    "base_model",
+    "slug",
+    "public_model",
+];
+
+impl Effect {
+    /// The changed fields worth a `finetune.updated` event, when the status
+    /// did not change (a status change carries its fields in its own event).
+    pub fn notified_changes(&self) -> Vec<&'static str> {
+        if self.decision == Decision::Apply {
+            return Vec::new();
+        }
+        NOTIFIED_FIELDS
+            .into_iter()
+            .filter(|f| self.fields_changed.contains(f))
+            .collect()
+    }
 }
 
 /// Applies `obs` to `job` (`None`: a job not seen before, created here) under
@@ -153,6 +208,7 @@ pub fn observe(job: &mut Option<Job>, obs: &Observation<'_>) -> Effect {
             decision: Decision::Apply,
             previous: None,
             changed: true,
+            fields_changed: Vec::new(),
         };
     };
     let previous = Some(current.status.clone());
@@ -160,16 +216,16 @@ pub fn observe(job: &mut Option<Job>, obs: &Observation<'_>) -> Effect {
     if decision == Decision::Apply && current.recorded.contains(obs.status) {
         decision = Decision::Stale;
     }
-    let mut changed = match (decision, obs.source) {
+    let fields_changed = match (decision, obs.source) {
         (Decision::Apply, _) => {
             current.status = obs.status.clone();
             current.recorded.insert(obs.status.clone());
-            current.fields.take_newer(obs.fields);
-            true
+            current.fields.take_newer(obs.fields)
         }
         (_, Source::Reconcile) => current.fields.take_newer(obs.fields),
         (_, Source::Webhook) => current.fields.fill_empty(obs.fields),
     };
+    let mut changed = decision == Decision::Apply || !fields_changed.is_empty();
     if changed {
         current.updated_at = obs.observed_at.to_owned();
     }
@@ -191,6 +247,7 @@ pub fn observe(job: &mut Option<Job>, obs: &Observation<'_>) -> Effect {
         decision,
         previous,
         changed,
+        fields_changed,
     }
 }
 
@@ -237,7 +294,8 @@ mod tests {
             Effect {
                 decision: Decision::Apply,
                 previous: None,
-                changed: true
+                changed: true,
+                fields_changed: Vec::new(),
             }
         );
         let job = job.expect("created");

@@ -8,7 +8,7 @@ use super::{
 };
 use crate::{
     domain::Status,
-    store::{JobFilter, JobRow, TransitionDelivery, TransitionRow},
+    store::{JobFilter, JobRow, TransitionDelivery, TransitionRow, UpdateRow},
 };
 use axum::{
     Json,
@@ -41,6 +41,17 @@ pub struct JobDetail {
     #[serde(flatten)]
     job: JobRow,
     transitions: Vec<TransitionDetail>,
+    /// `finetune.updated` events: fields users act on that changed without
+    /// a status change, oldest first.
+    updates: Vec<UpdateDetail>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct UpdateDetail {
+    #[serde(flatten)]
+    update: UpdateRow,
+    /// This update's delivery to each sink.
+    deliveries: Vec<TransitionDelivery>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -120,21 +131,34 @@ pub async fn get(
             ApiError::NotFound(format!("no job with finetune_id `{finetune_id}`"))
         })?;
     let mut deliveries = state.store.job_deliveries(&finetune_id).await?;
+    let mut take = |event_id: &str| -> Vec<TransitionDelivery> {
+        let (mine, rest) = deliveries.drain(..).partition(|d| d.event_id == event_id);
+        deliveries = rest;
+        mine
+    };
     let transitions = state
         .store
         .transitions(&finetune_id)
         .await?
         .into_iter()
-        .map(|transition| {
-            let (mine, rest) = deliveries
-                .drain(..)
-                .partition(|d| d.event_id == transition.id);
-            deliveries = rest;
-            TransitionDetail {
-                transition,
-                deliveries: mine,
-            }
+        .map(|transition| TransitionDetail {
+            deliveries: take(&transition.id),
+            transition,
         })
         .collect();
-    Ok(Json(JobDetail { job, transitions }))
+    let updates = state
+        .store
+        .updates(&finetune_id)
+        .await?
+        .into_iter()
+        .map(|update| UpdateDetail {
+            deliveries: take(&update.id),
+            update,
+        })
+        .collect();
+    Ok(Json(JobDetail {
+        job,
+        transitions,
+        updates,
+    }))
 }

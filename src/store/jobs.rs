@@ -20,8 +20,6 @@ pub struct NewTransition {
     pub source: Source,
     pub observed_at: String,
     pub receipt_id: Option<i64>,
-    /// The event sent to sinks for this transition, as JSON text.
-    pub event: String,
 }
 
 /// The jobs with these ids, with every status recorded for each; an id with
@@ -155,8 +153,8 @@ pub fn insert_transitions(
 ) -> rusqlite::Result<()> {
     let mut statement = conn.prepare_cached(
         "INSERT INTO transitions (event_id, finetune_id, from_status, to_status, source,
-            observed_at, receipt_id, event)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            observed_at, receipt_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?;
     for t in transitions {
         statement.execute(params![
@@ -167,21 +165,7 @@ pub fn insert_transitions(
             t.source.as_str(),
             t.observed_at,
             t.receipt_id,
-            t.event,
         ])?;
     }
     Ok(())
-}
-
-/// A transition's id: stable, unique, and safe in a URL. It starts with the
-/// time in milliseconds, so ids made close together sort together and the
-/// indexes on them grow at one end instead of at random pages (fewer pages
-/// written per commit); 80 random bits follow.
-pub fn new_transition_id() -> String {
-    let millis = chrono::Utc::now().timestamp_millis().max(0) as u64;
-    format!(
-        "tr_{:012x}{}",
-        millis & 0xffff_ffff_ffff,
-        hex::encode(rand::random::<[u8; 10]>())
-    )
 }

@@ -9,6 +9,7 @@
 //! alongside the writer.
 
 mod checkpoint;
+mod events;
 mod ingest;
 mod jobs;
 mod models;
@@ -20,7 +21,7 @@ mod tokens;
 mod writer;
 
 pub use ingest::{IngestRequest, IngestResult, Outcome};
-pub use models::{DriftRow, JobRow, JobsPage, ReceiptRow, TransitionRow};
+pub use models::{DriftRow, JobRow, JobsPage, ReceiptRow, TransitionRow, UpdateRow};
 pub use outbox::{
     AttemptRecord, AttemptRow, DeliveryFilter, DeliveryRow, DueDelivery, NextStep, ReplayRequest,
     SinkHealth, SinkRoute, TransitionDelivery,
@@ -76,9 +77,7 @@ impl Store {
     ) -> Result<(Store, JoinHandle<()>), StoreError> {
         let options = connect_options(settings)?;
         create_parent_dir(options.get_filename())?;
-        let mut conn = options.connect().await?;
-        MIGRATOR.run(&mut conn).await?;
-        conn.close().await?;
+        migrate(&options).await?;
         let conn = open_writer(options.get_filename(), settings)?;
         let checkpointer = checkpoint::open(options.get_filename(), settings.busy_timeout)
             .map_err(|e| StoreError::Unavailable(format!("cannot open the database: {e}")))
@@ -114,9 +113,7 @@ impl Store {
     pub async fn migrate_only(settings: &DatabaseSettings) -> Result<usize, StoreError> {
         let options = connect_options(settings)?;
         create_parent_dir(options.get_filename())?;
-        let mut conn = options.connect().await?;
-        MIGRATOR.run(&mut conn).await?;
-        conn.close().await?;
+        migrate(&options).await?;
         Ok(MIGRATOR.iter().count())
     }
 
@@ -193,6 +190,26 @@ impl Store {
                 .fetch_one(&self.reads)
                 .await;
         matches!(applied, Ok(n) if n as usize >= MIGRATOR.iter().count())
+    }
+}
+
+/// Applies the migrations on a connection of their own. A migration that
+/// changes a table's constraints rebuilds the table, which SQLite allows
+/// only with foreign key enforcement off (it cannot be turned off inside
+/// the transaction each migration runs in); every key is checked once they
+/// are applied, and a broken one fails the start.
+async fn migrate(options: &SqliteConnectOptions) -> Result<(), StoreError> {
+    let mut conn = options.clone().foreign_keys(false).connect().await?;
+    MIGRATOR.run(&mut conn).await?;
+    let broken: Vec<(String,)> = sqlx::query_as("SELECT \"table\" FROM pragma_foreign_key_check")
+        .fetch_all(&mut conn)
+        .await?;
+    conn.close().await?;
+    match broken.first() {
+        None => Ok(()),
+        Some((table,)) => Err(StoreError::Unavailable(format!(
+            "the database has rows in `{table}` whose references are broken"
+        ))),
     }
 }
 

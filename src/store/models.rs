@@ -46,6 +46,19 @@ pub struct TransitionRow {
     pub receipt_id: Option<i64>,
 }
 
+/// A `finetune.updated` event of a job: fields that changed without a
+/// status change.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct UpdateRow {
+    pub id: String,
+    /// The job's status when the fields changed.
+    pub status: String,
+    /// The names of the fields that changed.
+    pub changed: Vec<String>,
+    pub source: String,
+    pub observed_at: String,
+}
+
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ReceiptRow {
     pub id: i64,

@@ -10,25 +10,30 @@
 //! long a sink outage made it.
 
 use super::{Store, StoreError};
-use crate::domain::Status;
+use crate::domain::{Status, event::EventType};
 use rusqlite::{Connection, params};
 use serde::Serialize;
 use sqlx::{QueryBuilder, Sqlite};
 use std::collections::BTreeMap;
 
-/// A configured sink as the store sees it: its name and its status filter.
+/// A configured sink as the store sees it: its name and its filters.
 #[derive(Debug, Clone)]
 pub struct SinkRoute {
     pub name: String,
     /// `None` forwards every status.
     pub statuses: Option<Vec<Status>>,
+    /// The event types forwarded.
+    pub events: Vec<EventType>,
 }
 
 impl SinkRoute {
-    pub fn wants(&self, status: &Status) -> bool {
-        self.statuses
-            .as_ref()
-            .is_none_or(|list| list.contains(status))
+    /// Whether an event of this kind, about a job in `status`, goes to the sink.
+    pub fn wants(&self, kind: EventType, status: &Status) -> bool {
+        self.events.contains(&kind)
+            && self
+                .statuses
+                .as_ref()
+                .is_none_or(|list| list.contains(status))
     }
 }
 
@@ -190,6 +195,9 @@ pub(super) fn replay(
     let statuses = route.statuses.as_ref().map(|list| {
         serde_json::Value::from(list.iter().map(Status::as_str).collect::<Vec<_>>()).to_string()
     });
+    let kinds =
+        serde_json::Value::from(route.events.iter().map(|k| k.as_str()).collect::<Vec<_>>())
+            .to_string();
     // Each job's first event is due unless the job already has a pending
     // delivery to the sink; the rest wait behind it.
     let inserted = conn.execute(
@@ -197,14 +205,15 @@ pub(super) fn replay(
          SELECT ?1, event_id, finetune_id, 'pending',
             CASE WHEN row_number() OVER (PARTITION BY finetune_id ORDER BY id) = 1
                       AND NOT EXISTS (SELECT 1 FROM deliveries e
-                                      WHERE e.sink = ?1 AND e.finetune_id = transitions.finetune_id
+                                      WHERE e.sink = ?1 AND e.finetune_id = events.finetune_id
                                         AND e.status = 'pending')
                  THEN ?2 ELSE ?6 END,
             ?2
-         FROM transitions
+         FROM events
          WHERE observed_at >= ?3
            AND (?4 IS NULL OR finetune_id = ?4)
-           AND (?5 IS NULL OR to_status IN (SELECT value FROM json_each(?5)))
+           AND (?5 IS NULL OR status IN (SELECT value FROM json_each(?5)))
+           AND type IN (SELECT value FROM json_each(?7))
          ORDER BY id",
         params![
             route.name,
@@ -213,6 +222,7 @@ pub(super) fn replay(
             request.finetune_id,
             statuses,
             WAITING,
+            kinds,
         ],
     )?;
     Ok(inserted as u64)
@@ -226,6 +236,9 @@ pub struct DueDelivery {
     pub finetune_id: String,
     pub retry_step: i64,
     pub event: String,
+    /// `finetune.status_changed` or `finetune.updated`.
+    pub event_type: String,
+    /// The status the event reports (the job's current one for an update).
     pub to_status: String,
     pub from_status: Option<String>,
 }
@@ -303,8 +316,9 @@ impl Store {
         limit: u32,
     ) -> Result<Vec<DueDelivery>, StoreError> {
         Ok(sqlx::query_as(
-            "SELECT d.id, d.event_id, d.finetune_id, d.retry_step, t.event, t.to_status, t.from_status
-             FROM deliveries d JOIN transitions t ON t.event_id = d.event_id
+            "SELECT d.id, d.event_id, d.finetune_id, d.retry_step, e.body AS event,
+                    e.type AS event_type, e.status AS to_status, e.previous_status AS from_status
+             FROM deliveries d JOIN events e ON e.event_id = d.event_id
              WHERE d.sink = ?1 AND d.status = 'pending' AND d.next_attempt_at <= ?2
                AND NOT EXISTS (
                    SELECT 1 FROM deliveries e
@@ -513,11 +527,11 @@ mod tests {
             Op::Transition(job) => {
                 let event_id = format!("tr_{step}");
                 conn.execute(
-                    "INSERT INTO transitions (event_id, finetune_id, to_status, source, observed_at)
-                     VALUES (?1, ?2, ?3, 'webhook', ?4)",
+                    "INSERT INTO events (event_id, type, finetune_id, status, source, observed_at, body)
+                     VALUES (?1, 'finetune.status_changed', ?2, ?3, 'webhook', ?4, '{}')",
                     (&event_id, JOBS[*job], format!("S{step}"), NOW),
                 )
-                .expect("a transition");
+                .expect("an event");
                 let delivery = NewDelivery {
                     sink: "s".into(),
                     event_id,
@@ -571,7 +585,7 @@ mod tests {
         #[test]
         fn only_the_oldest_pending_delivery_of_a_job_is_ever_due(ops in prop::collection::vec(op(), 1..60)) {
             let conn = database();
-            let routes = [SinkRoute { name: "s".into(), statuses: None }];
+            let routes = [SinkRoute { name: "s".into(), statuses: None, events: EventType::ALL.to_vec() }];
             for (step, op) in ops.iter().enumerate() {
                 apply(&conn, &routes, step, op);
                 for job in JOBS {

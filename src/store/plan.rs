@@ -1,14 +1,16 @@
 //! Applying many observations of jobs at once: load the jobs they name, run
 //! each observation through `domain::job::observe` in order, in memory, and
-//! collect what to write — the changed jobs, the new transitions with their
-//! events, and one delivery per matching sink. Webhooks and reconcile passes
+//! collect what to write — the changed jobs, the new transitions, the events
+//! they make (a status change, or an update of fields users act on), and one
+//! delivery per sink that takes each event. Webhooks and reconcile passes
 //! both go through here, so a status seen on both paths is recorded once.
 
 use super::{
+    events::{self, NewEvent},
     jobs::{self, NewTransition},
     outbox::{self, NewDelivery, SinkRoute},
 };
-use crate::domain::{Decision, Effect, Job, Observation, event, observe};
+use crate::domain::{Decision, Effect, Job, Observation, event, event::EventType, observe};
 use rusqlite::Connection;
 use std::collections::{BTreeSet, HashMap};
 
@@ -16,6 +18,7 @@ pub(super) struct Planner<'r> {
     known: HashMap<String, Option<Job>>,
     changed: BTreeSet<String>,
     transitions: Vec<NewTransition>,
+    events: Vec<NewEvent>,
     deliveries: Vec<NewDelivery>,
     routes: &'r [SinkRoute],
 }
@@ -24,6 +27,10 @@ pub(super) struct Planner<'r> {
 pub(super) struct Planned {
     pub effect: Effect,
     pub transition_id: Option<String>,
+    /// The `finetune.updated` event made, when fields changed without a
+    /// status change.
+    pub update_id: Option<String>,
+    /// Deliveries enqueued, for the transition or the update.
     pub deliveries: usize,
 }
 
@@ -38,6 +45,7 @@ impl<'r> Planner<'r> {
             known: jobs::load(conn, ids)?,
             changed: BTreeSet::new(),
             transitions: Vec::new(),
+            events: Vec::new(),
             deliveries: Vec::new(),
             routes,
         })
@@ -58,47 +66,81 @@ impl<'r> Planner<'r> {
         let mut planned = Planned {
             effect,
             transition_id: None,
+            update_id: None,
             deliveries: 0,
         };
-        let (Decision::Apply, Some(job)) = (planned.effect.decision, job.as_ref()) else {
+        let Some(job) = job.as_ref() else {
             return planned;
         };
-        let event_id = jobs::new_transition_id();
-        let previous = planned
-            .effect
-            .previous
-            .as_ref()
-            .map(|s| s.as_str().to_owned());
-        let event = event::status_changed(
-            &event_id,
-            obs.observed_at,
-            previous.as_deref(),
-            obs.source.as_str(),
-            job,
-        );
-        for route in self.routes.iter().filter(|r| r.wants(obs.status)) {
+        let source = obs.source.as_str();
+        let event = if planned.effect.decision == Decision::Apply {
+            let event_id = events::new_id(EventType::StatusChanged);
+            let previous = planned
+                .effect
+                .previous
+                .as_ref()
+                .map(|s| s.as_str().to_owned());
+            let body =
+                event::status_changed(&event_id, obs.observed_at, previous.as_deref(), source, job);
+            self.transitions.push(NewTransition {
+                event_id: event_id.clone(),
+                finetune_id: obs.finetune_id.to_owned(),
+                from_status: previous.clone(),
+                to_status: obs.status.as_str().to_owned(),
+                source: obs.source,
+                observed_at: obs.observed_at.to_owned(),
+                receipt_id,
+            });
+            planned.transition_id = Some(event_id.clone());
+            NewEvent {
+                event_id,
+                kind: EventType::StatusChanged,
+                finetune_id: obs.finetune_id.to_owned(),
+                status: obs.status.as_str().to_owned(),
+                previous_status: previous,
+                changed: Vec::new(),
+                source,
+                observed_at: obs.observed_at.to_owned(),
+                body,
+            }
+        } else {
+            let changed = planned.effect.notified_changes();
+            if changed.is_empty() {
+                return planned;
+            }
+            let event_id = events::new_id(EventType::Updated);
+            let body = event::updated(&event_id, obs.observed_at, &changed, source, job);
+            planned.update_id = Some(event_id.clone());
+            NewEvent {
+                event_id,
+                kind: EventType::Updated,
+                finetune_id: obs.finetune_id.to_owned(),
+                status: job.status.as_str().to_owned(),
+                previous_status: None,
+                changed,
+                source,
+                observed_at: obs.observed_at.to_owned(),
+                body,
+            }
+        };
+        for route in self
+            .routes
+            .iter()
+            .filter(|r| r.wants(event.kind, &job.status))
+        {
             self.deliveries.push(NewDelivery {
                 sink: route.name.clone(),
-                event_id: event_id.clone(),
+                event_id: event.event_id.clone(),
                 finetune_id: obs.finetune_id.to_owned(),
             });
             planned.deliveries += 1;
         }
-        planned.transition_id = Some(event_id.clone());
-        self.transitions.push(NewTransition {
-            event_id,
-            finetune_id: obs.finetune_id.to_owned(),
-            from_status: previous,
-            to_status: obs.status.as_str().to_owned(),
-            source: obs.source,
-            observed_at: obs.observed_at.to_owned(),
-            receipt_id,
-            event,
-        });
+        self.events.push(event);
         planned
     }
 
-    /// Writes the changed jobs, the transitions and the deliveries (due `now`).
+    /// Writes the changed jobs, the transitions, their events and the
+    /// deliveries (due `now`).
     pub fn write(self, conn: &Connection, now: &str) -> rusqlite::Result<()> {
         let changed: Vec<&Job> = self
             .changed
@@ -107,6 +149,7 @@ impl<'r> Planner<'r> {
             .collect();
         jobs::upsert(conn, &changed)?;
         jobs::insert_transitions(conn, &self.transitions)?;
+        events::insert(conn, &self.events)?;
         outbox::insert_deliveries(conn, &self.deliveries, now)
     }
 }

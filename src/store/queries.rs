@@ -1,6 +1,6 @@
 //! Reads for the API, on the read-only pool.
 
-use super::{DriftRow, JobRow, JobsPage, ReceiptRow, Store, StoreError, TransitionRow};
+use super::{DriftRow, JobRow, JobsPage, ReceiptRow, Store, StoreError, TransitionRow, UpdateRow};
 use sqlx::{QueryBuilder, Sqlite};
 
 const JOB_COLUMNS: &str = "finetune_id, name, status, base_model, slug, trained_model_url,
@@ -43,6 +43,29 @@ impl Store {
         .bind(finetune_id)
         .fetch_all(&self.reads)
         .await?)
+    }
+
+    /// A job's `finetune.updated` events, oldest first.
+    pub async fn updates(&self, finetune_id: &str) -> Result<Vec<UpdateRow>, StoreError> {
+        let rows: Vec<(String, String, Option<String>, String, String)> = sqlx::query_as(
+            "SELECT event_id, status, changed, source, observed_at FROM events
+             WHERE finetune_id = ? AND type = 'finetune.updated' ORDER BY id",
+        )
+        .bind(finetune_id)
+        .fetch_all(&self.reads)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, status, changed, source, observed_at)| UpdateRow {
+                id,
+                status,
+                changed: changed
+                    .and_then(|text| serde_json::from_str(&text).ok())
+                    .unwrap_or_default(),
+                source,
+                observed_at,
+            })
+            .collect())
     }
 
     pub async fn jobs(&self, filter: &JobFilter) -> Result<JobsPage, StoreError> {

@@ -4,6 +4,7 @@
 mod delivery;
 mod fake_segmind;
 mod fake_sink;
+mod follow_through;
 mod helpers;
 mod hostile;
 mod jobs_api;
