@@ -4,6 +4,7 @@
 
 use crate::{
     config::{Secret, Settings},
+    confirm::Confirmer,
     delivery::{self, Sink},
     http::{self, AppState},
     reconcile::Reconciler,
@@ -20,6 +21,7 @@ pub struct Application {
     store: Store,
     sinks: Vec<Arc<Sink>>,
     reconciler: Arc<Reconciler>,
+    confirmer: Arc<Confirmer>,
     writer: JoinHandle<()>,
     shutdown: CancellationToken,
     shutdown_timeout: Duration,
@@ -53,9 +55,15 @@ impl Application {
             .with_context(|| format!("cannot listen on {}", settings.server.listen))?;
         let sinks = delivery::build_sinks(&settings.delivery, &settings.sinks);
         let reconciler = Arc::new(Reconciler::new(&settings, store.clone()));
+        let confirmer = Arc::new(Confirmer::new(
+            &settings,
+            store.clone(),
+            reconciler.client().cloned(),
+        ));
         let state = AppState::new(http::Inner {
             store: store.clone(),
             reconciler: Arc::clone(&reconciler),
+            confirmer: Arc::clone(&confirmer),
             started: std::time::Instant::now(),
             started_at: crate::time::now_rfc3339(),
             metrics_require_token: settings.metrics.require_token,
@@ -73,6 +81,7 @@ impl Application {
             store,
             sinks,
             reconciler,
+            confirmer,
             writer,
             shutdown: CancellationToken::new(),
             shutdown_timeout: settings.server.shutdown_timeout,
@@ -121,6 +130,8 @@ impl Application {
         drop(self.store);
         let reconciler = tokio::spawn(Arc::clone(&self.reconciler).run(shutdown.clone()));
         drop(self.reconciler);
+        let confirmer = tokio::spawn(Arc::clone(&self.confirmer).run(shutdown.clone()));
+        drop(self.confirmer);
         let drained = http::serve::serve(
             self.listener,
             self.router,
@@ -138,6 +149,9 @@ impl Application {
         let deadline = tokio::time::Instant::now() + self.shutdown_timeout / 4;
         if tokio::time::timeout_at(deadline, reconciler).await.is_err() {
             tracing::warn!("the reconciler did not stop in time");
+        }
+        if tokio::time::timeout_at(deadline, confirmer).await.is_err() {
+            tracing::warn!("the confirmer did not stop in time");
         }
         if tokio::time::timeout_at(deadline, deliveries).await.is_err() {
             tracing::warn!("delivery workers did not stop in time");

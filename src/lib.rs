@@ -11,12 +11,15 @@
 //! - [`store`]: SQLite, the only place with SQL. Its single writer stores
 //!   the receipt, the job and the transition in one transaction and commits
 //!   many requests at once (group commit) before any of them is answered.
+//! - [`confirm`]: with Segmind's API configured, webhook claims wait, stored,
+//!   until Segmind's details for the job agree, and are applied then.
 //! - [`app`] builds all of this from [`config::Settings`], binds the listener
 //!   and shuts down cleanly; [`telemetry`] sets up logging.
 
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod confirm;
 pub mod delivery;
 pub mod domain;
 pub mod http;

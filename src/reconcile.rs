@@ -132,6 +132,11 @@ impl Reconciler {
         }
     }
 
+    /// The client for Segmind's API, when a key is configured.
+    pub fn client(&self) -> Option<&SegmindClient> {
+        self.client.as_ref()
+    }
+
     pub fn enabled(&self) -> bool {
         self.client.is_some()
     }
@@ -365,7 +370,7 @@ pub fn backoff(failures: u32, interval: Duration, asked: Option<Duration>) -> Du
 
 /// What a listed or detailed job says, as an observation; `None` without
 /// a job id or a usable status.
-fn observation(job: &RemoteJob) -> Option<RemoteObservation> {
+pub(crate) fn observation(job: &RemoteJob) -> Option<RemoteObservation> {
     let id = job.job_id()?.trim();
     if id.is_empty()
         || id.len() > crate::domain::payload::MAX_ID_LEN

@@ -2,6 +2,7 @@
 //! a job wins, and how an undocumented webhook body is read. Nothing in here
 //! does I/O, so every rule is unit-tested directly.
 
+pub mod confirm;
 pub mod event;
 pub mod job;
 pub mod payload;

@@ -59,6 +59,7 @@ pub struct Inner {
     /// The configured sinks, as `GET /v1/sinks` shows them.
     pub sinks: Vec<SinkSettings>,
     pub reconciler: Arc<Reconciler>,
+    pub confirmer: Arc<crate::confirm::Confirmer>,
     pub started: std::time::Instant,
     pub started_at: String,
     pub metrics_require_token: bool,

@@ -14,7 +14,8 @@ use serde_json::Value;
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ListParams {
-    /// applied, duplicate, stale, unrecognized or invalid.
+    /// applied, duplicate, stale, unrecognized, invalid, confirming,
+    /// contradicted or dropped.
     outcome: Option<String>,
     /// 1 to 500; 50 when absent.
     limit: Option<String>,
@@ -31,6 +32,9 @@ pub struct Receipt {
     status: Option<String>,
     event_id: Option<String>,
     error: Option<String>,
+    /// With `ingest.confirm = "api"`: `pending`, `confirmed`, `contradicted`
+    /// or `unconfirmed`; `null` when confirmation was off.
+    confirmation: Option<String>,
     body_sha256: String,
     #[schema(value_type = Object)]
     headers: Value,
@@ -100,6 +104,7 @@ impl From<ReceiptRow> for Receipt {
             status: row.status,
             event_id: row.event_id,
             error: row.error,
+            confirmation: row.confirmation,
             body_sha256: row.body_sha256,
             headers: serde_json::from_str(&row.headers).unwrap_or(Value::Null),
             body,

@@ -93,8 +93,12 @@ async fn store(
         headers: kept_headers(headers),
         payload,
         body: body.to_vec(),
+        confirm_until: state.confirmer.deadline(),
     };
     let result = state.store.ingest(request).await?;
+    if result.outcome == Outcome::Confirming {
+        state.confirmer.wake();
+    }
     if let (true, Some(id)) = (result.needs_details, &result.finetune_id) {
         state.reconciler.enrich(id);
     }

@@ -5,7 +5,7 @@
 //! statements. The writer runs this inside its batch transaction, so the
 //! receipts, the jobs and the transitions commit together.
 
-use super::{outbox::SinkRoute, plan::Planner};
+use super::{confirm, outbox::SinkRoute, plan::Planner};
 use crate::domain::{Decision, Job, Observation, Payload, Source};
 use rusqlite::{Connection, params};
 use serde::Serialize;
@@ -21,6 +21,9 @@ pub struct IngestRequest {
     pub headers: String,
     /// What the body said, or why it could not be read.
     pub payload: Result<Payload, String>,
+    /// When set, the webhook's claim waits, stored, for Segmind's API to
+    /// agree, until this time (RFC 3339); when unset it is applied at once.
+    pub confirm_until: Option<String>,
 }
 
 /// What storing a webhook did.
@@ -37,15 +40,25 @@ pub enum Outcome {
     Unrecognized,
     /// Not JSON, or an unusable id or status.
     Invalid,
+    /// Stored; waiting for Segmind's API to confirm it before it is applied.
+    Confirming,
+    /// Segmind's API disagreed: not applied.
+    Contradicted,
+    /// Segmind's API could not be asked in time and `ingest.unconfirmed`
+    /// is `drop`: not applied.
+    Dropped,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 5] = [
+    pub const ALL: [Outcome; 8] = [
         Outcome::Applied,
         Outcome::Duplicate,
         Outcome::Stale,
         Outcome::Unrecognized,
         Outcome::Invalid,
+        Outcome::Confirming,
+        Outcome::Contradicted,
+        Outcome::Dropped,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -55,6 +68,9 @@ impl Outcome {
             Outcome::Stale => "stale",
             Outcome::Unrecognized => "unrecognized",
             Outcome::Invalid => "invalid",
+            Outcome::Confirming => "confirming",
+            Outcome::Contradicted => "contradicted",
+            Outcome::Dropped => "dropped",
         }
     }
 
@@ -98,6 +114,7 @@ pub(super) fn execute_batch(
         .query_row([], |row| row.get(0))?;
 
     let mut results = Vec::with_capacity(requests.len());
+    let mut pending = Vec::new();
     for (receipt_id, request) in (next_id..).zip(requests) {
         let mut result = IngestResult {
             receipt_id,
@@ -116,7 +133,19 @@ pub(super) fn execute_batch(
                 result.status = payload.status.as_ref().map(|s| s.as_str().to_owned());
             }
         }
-        if let (Ok(payload), Some((finetune_id, status))) = (&request.payload, observable(request))
+        if let (Some(deadline), Some((finetune_id, status))) =
+            (&request.confirm_until, observable(request))
+        {
+            result.outcome = Outcome::Confirming;
+            pending.push(confirm::Pending {
+                receipt_id,
+                finetune_id,
+                status,
+                received_at: &request.received_at,
+                deadline,
+            });
+        } else if let (Ok(payload), Some((finetune_id, status))) =
+            (&request.payload, observable(request))
         {
             let observation = Observation {
                 finetune_id,
@@ -145,6 +174,7 @@ pub(super) fn execute_batch(
     }
 
     insert_receipts(conn, requests, &results)?;
+    confirm::insert_pending(conn, &pending)?;
     let now = requests
         .first()
         .map(|r| r.received_at.as_str())
@@ -166,8 +196,8 @@ fn insert_receipts(
 ) -> rusqlite::Result<()> {
     let mut statement = conn.prepare_cached(
         "INSERT INTO receipts (id, received_at, body, body_sha256, headers, outcome,
-            finetune_id, status, event_id, error)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            finetune_id, status, event_id, error, confirmation)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
     )?;
     for (request, result) in requests.iter().zip(results) {
         let (event_id, error) = match &request.payload {
@@ -185,6 +215,7 @@ fn insert_receipts(
             result.status,
             event_id,
             error,
+            (result.outcome == Outcome::Confirming).then_some("pending"),
         ])?;
     }
     Ok(())

@@ -9,6 +9,7 @@
 //! alongside the writer.
 
 mod checkpoint;
+mod confirm;
 mod events;
 mod ingest;
 mod jobs;
@@ -20,6 +21,7 @@ mod reconcile;
 mod tokens;
 mod writer;
 
+pub use confirm::{ConfirmSummary, PendingClaim, Settlement, SettlementKind};
 pub use ingest::{IngestRequest, IngestResult, Outcome};
 pub use models::{DriftRow, JobRow, JobsPage, ReceiptRow, TransitionRow, UpdateRow};
 pub use outbox::{
@@ -162,6 +164,18 @@ impl Store {
     ) -> Result<ReconcileSummary, StoreError> {
         match self.writer.call(Step::Reconcile(observations)).await? {
             Output::Reconciled(summary) => Ok(summary),
+            _ => Err(mismatch()),
+        }
+    }
+
+    /// Settles claims waiting for Segmind's API, or schedules their next
+    /// check.
+    pub async fn settle_claims(
+        &self,
+        settlements: Vec<Settlement>,
+    ) -> Result<ConfirmSummary, StoreError> {
+        match self.writer.call(Step::Settle(settlements)).await? {
+            Output::Settled(summary) => Ok(summary),
             _ => Err(mismatch()),
         }
     }

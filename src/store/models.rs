@@ -71,6 +71,7 @@ pub struct ReceiptRow {
     pub status: Option<String>,
     pub event_id: Option<String>,
     pub error: Option<String>,
+    pub confirmation: Option<String>,
 }
 
 /// One page of jobs and where the next one starts.

@@ -133,7 +133,8 @@ impl Store {
         filter: &ReceiptFilter,
     ) -> Result<(Vec<ReceiptRow>, Option<i64>), StoreError> {
         let mut query: QueryBuilder<Sqlite> = QueryBuilder::new(
-            "SELECT id, received_at, body, body_sha256, headers, outcome, finetune_id, status, event_id, error
+            "SELECT id, received_at, body, body_sha256, headers, outcome, finetune_id, status, event_id,
+                error, confirmation
              FROM receipts WHERE 1 = 1",
         );
         if let Some(outcome) = &filter.outcome {

@@ -13,6 +13,7 @@
 use super::{
     StoreError,
     checkpoint::Checkpointer,
+    confirm::{self, ConfirmSummary, Settlement},
     ingest::{self, IngestRequest, IngestResult},
     outbox::{self, AttemptRecord, ReplayRequest, SinkRoute},
     reconcile::{self, ReconcileSummary, RemoteObservation},
@@ -36,6 +37,7 @@ pub(super) enum Step {
     RetryDelivery(i64),
     Replay(Box<ReplayRequest>),
     Reconcile(Vec<RemoteObservation>),
+    Settle(Vec<Settlement>),
 }
 
 pub(super) enum Output {
@@ -47,6 +49,7 @@ pub(super) enum Output {
     /// Deliveries enqueued.
     Replayed(u64),
     Reconciled(ReconcileSummary),
+    Settled(ConfirmSummary),
 }
 
 type ReplyTo = oneshot::Sender<Result<Output, StoreError>>;
@@ -159,6 +162,10 @@ impl Writer {
                 }) | Output::Retried(true)
                     | Output::Replayed(1..)
                     | Output::Reconciled(ReconcileSummary {
+                        deliveries: 1..,
+                        ..
+                    })
+                    | Output::Settled(ConfirmSummary {
                         deliveries: 1..,
                         ..
                     }))
@@ -392,6 +399,7 @@ fn run_step(conn: &Connection, step: &Step, routes: &[SinkRoute]) -> rusqlite::R
         Step::Reconcile(observations) => {
             Output::Reconciled(reconcile::apply(conn, observations, routes)?)
         }
+        Step::Settle(settlements) => Output::Settled(confirm::settle(conn, settlements, routes)?),
     })
 }
 

@@ -53,6 +53,10 @@ fn describe() {
         "Time to store and answer a webhook."
     );
     describe_counter!(
+        "tunehook_confirmations_total",
+        "Webhook claims settled against Segmind's API, by result (confirmed, contradicted, unconfirmed, dropped)."
+    );
+    describe_counter!(
         "tunehook_transitions_total",
         "Job transitions recorded, by status and source."
     );
@@ -94,6 +98,13 @@ pub fn status_label(status: &str) -> &str {
 pub fn transition(status: &str, source: &'static str) {
     metrics::counter!("tunehook_transitions_total", "status" => status_label(status).to_owned(), "source" => source)
         .increment(1);
+}
+
+pub fn confirmations(result: &'static str, count: usize) {
+    if count > 0 {
+        metrics::counter!("tunehook_confirmations_total", "result" => result)
+            .increment(count as u64);
+    }
 }
 
 pub fn delivery_attempt(sink: &str, result: &'static str, took: Duration) {

@@ -1,6 +1,7 @@
 //! Integration tests: each starts a real tunehook with a fresh database and
 //! talks to it over HTTP on 127.0.0.1.
 
+mod confirmation;
 mod delivery;
 mod fake_segmind;
 mod fake_sink;

@@ -13,10 +13,13 @@ use std::time::Duration;
 use tunehook::config::{Secret, Settings};
 
 /// Settings for an app that talks to `fake`, with no pass of its own unless
-/// the test asks for one.
+/// the test asks for one. Webhooks are applied as they come, so that these
+/// tests see the reconciler alone (`tests/api/confirmation.rs` covers
+/// confirming webhooks with the API).
 fn segmind(settings: &mut Settings, fake: &FakeSegmind) {
     settings.segmind.base_url = fake.url();
     settings.segmind.api_key = Some(Secret::new(API_KEY));
+    settings.ingest.confirm = Some(tunehook::config::Confirm::Off);
     settings.segmind.timeout = Duration::from_secs(2);
     settings.reconcile.initial_delay = Duration::from_secs(3600);
     settings.reconcile.interval = Duration::from_secs(3600);

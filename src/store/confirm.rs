@@ -1,0 +1,248 @@
+//! Claims waiting for Segmind's API: a webhook stored while confirmation is
+//! on leaves one row here (in the same transaction as its receipt), and the
+//! confirmer (`crate::confirm`) settles it later through the writer. What a
+//! settled claim does to its job goes through the same planner as every
+//! other observation, so the state rules, events and deliveries are the
+//! same whichever way a status arrives.
+
+use super::{
+    Store, StoreError, ingest::Outcome, outbox::SinkRoute, plan::Planner,
+    reconcile::RemoteObservation,
+};
+use crate::{
+    domain::{Decision, Observation, Payload, Source, Status},
+    time::now_rfc3339,
+};
+use rusqlite::{Connection, OptionalExtension, params};
+use std::collections::BTreeSet;
+
+/// A claim to store with its receipt.
+pub(super) struct Pending<'a> {
+    pub receipt_id: i64,
+    pub finetune_id: &'a str,
+    pub status: &'a Status,
+    pub received_at: &'a str,
+    pub deadline: &'a str,
+}
+
+pub(super) fn insert_pending(conn: &Connection, pending: &[Pending<'_>]) -> rusqlite::Result<()> {
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let mut statement = conn.prepare_cached(
+        "INSERT INTO confirmations (receipt_id, finetune_id, status, deadline, next_check_at)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
+    for p in pending {
+        statement.execute(params![
+            p.receipt_id,
+            p.finetune_id,
+            p.status.as_str(),
+            p.deadline,
+            p.received_at
+        ])?;
+    }
+    Ok(())
+}
+
+/// A claim waiting for Segmind's API, as the confirmer reads it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct PendingClaim {
+    pub receipt_id: i64,
+    pub finetune_id: String,
+    /// The status the webhook claimed.
+    pub status: String,
+    pub deadline: String,
+    pub checks: i64,
+    /// `behind` or `not_found` once Segmind answered; `None` while it could
+    /// not be reached.
+    pub answered: Option<String>,
+}
+
+/// What the confirmer decided about one claim.
+#[derive(Debug, Clone)]
+pub struct Settlement {
+    pub receipt_id: i64,
+    pub finetune_id: String,
+    pub claimed: Status,
+    pub kind: SettlementKind,
+}
+
+#[derive(Debug, Clone)]
+pub enum SettlementKind {
+    /// Segmind agrees: apply the claimed status with what the API says
+    /// of the job (its fields, and its status when it is further on).
+    Confirmed { api: RemoteObservation },
+    /// Segmind disagreed until the deadline: leave the claim unapplied;
+    /// the job takes what the API says, when it knows the job.
+    Contradicted { api: Option<RemoteObservation> },
+    /// Segmind could not be reached until the deadline: apply the claim on
+    /// the webhook's word, or not (`ingest.unconfirmed = "drop"`).
+    Unconfirmed { apply: bool },
+    /// Still open: ask again at `next_check_at`.
+    Later {
+        next_check_at: String,
+        answered: Option<&'static str>,
+        error: Option<String>,
+    },
+}
+
+/// What settling a set of claims did.
+#[derive(Debug, Clone, Default)]
+pub struct ConfirmSummary {
+    pub confirmed: usize,
+    pub contradicted: usize,
+    pub unconfirmed: usize,
+    pub dropped: usize,
+    pub deliveries: usize,
+    /// `(status, source)` of each transition recorded.
+    pub applied: Vec<(String, &'static str)>,
+}
+
+pub(super) fn settle(
+    conn: &Connection,
+    settlements: &[Settlement],
+    routes: &[SinkRoute],
+) -> rusqlite::Result<ConfirmSummary> {
+    let ids: BTreeSet<&str> = settlements.iter().map(|s| s.finetune_id.as_str()).collect();
+    let mut planner = Planner::load(conn, &ids, routes)?;
+    let now = now_rfc3339();
+    let mut summary = ConfirmSummary::default();
+    // What the API said of each job, applied after the claims about it.
+    let mut api_views: Vec<&RemoteObservation> = Vec::new();
+    for settlement in settlements {
+        if let SettlementKind::Later {
+            next_check_at,
+            answered,
+            error,
+        } = &settlement.kind
+        {
+            conn.prepare_cached(
+                "UPDATE confirmations SET next_check_at = ?1, checks = checks + 1,
+                    answered = COALESCE(?2, answered), last_error = ?3
+                 WHERE receipt_id = ?4",
+            )?
+            .execute(params![
+                next_check_at,
+                answered,
+                error,
+                settlement.receipt_id
+            ])?;
+            continue;
+        }
+        let open = conn
+            .prepare_cached("DELETE FROM confirmations WHERE receipt_id = ?1")?
+            .execute([settlement.receipt_id])?;
+        if open == 0 {
+            continue;
+        }
+        let observe = |fields, planner: &mut Planner<'_>, summary: &mut ConfirmSummary| {
+            let planned = planner.observe(
+                &Observation {
+                    finetune_id: &settlement.finetune_id,
+                    status: &settlement.claimed,
+                    fields,
+                    source: Source::Webhook,
+                    observed_at: &now,
+                },
+                Some(settlement.receipt_id),
+            );
+            summary.deliveries += planned.deliveries;
+            match planned.effect.decision {
+                Decision::Apply => {
+                    summary
+                        .applied
+                        .push((settlement.claimed.as_str().to_owned(), "webhook"));
+                    Outcome::Applied
+                }
+                Decision::Duplicate => Outcome::Duplicate,
+                Decision::Stale => Outcome::Stale,
+            }
+        };
+        let (outcome, confirmation) = match &settlement.kind {
+            SettlementKind::Confirmed { api } => {
+                summary.confirmed += 1;
+                api_views.push(api);
+                (
+                    observe(&api.fields, &mut planner, &mut summary),
+                    "confirmed",
+                )
+            }
+            SettlementKind::Contradicted { api } => {
+                summary.contradicted += 1;
+                api_views.extend(api);
+                (Outcome::Contradicted, "contradicted")
+            }
+            SettlementKind::Unconfirmed { apply: true } => {
+                summary.unconfirmed += 1;
+                let payload = stored_payload(conn, settlement.receipt_id)?;
+                let fields = payload.map(|p| p.fields).unwrap_or_default();
+                (observe(&fields, &mut planner, &mut summary), "unconfirmed")
+            }
+            SettlementKind::Unconfirmed { apply: false } => {
+                summary.dropped += 1;
+                (Outcome::Dropped, "unconfirmed")
+            }
+            SettlementKind::Later { .. } => continue,
+        };
+        conn.prepare_cached("UPDATE receipts SET outcome = ?1, confirmation = ?2 WHERE id = ?3")?
+            .execute(params![
+                outcome.as_str(),
+                confirmation,
+                settlement.receipt_id
+            ])?;
+    }
+    for api in api_views {
+        let planned = planner.observe(
+            &Observation {
+                finetune_id: &api.finetune_id,
+                status: &api.status,
+                fields: &api.fields,
+                source: Source::Reconcile,
+                observed_at: &now,
+            },
+            None,
+        );
+        summary.deliveries += planned.deliveries;
+        if planned.effect.decision == Decision::Apply {
+            summary
+                .applied
+                .push((api.status.as_str().to_owned(), "reconcile"));
+        }
+    }
+    planner.write(conn, &now)?;
+    Ok(summary)
+}
+
+/// The payload of a stored receipt, read again from its body.
+fn stored_payload(conn: &Connection, receipt_id: i64) -> rusqlite::Result<Option<Payload>> {
+    let body: Option<Vec<u8>> = conn
+        .prepare_cached("SELECT body FROM receipts WHERE id = ?1")?
+        .query_row([receipt_id], |row| row.get(0))
+        .optional()?;
+    Ok(body.and_then(|b| Payload::parse(&b).ok()))
+}
+
+impl Store {
+    /// Claims whose next check is due at `now`, the soonest first.
+    pub async fn due_claims(&self, now: &str, limit: u32) -> Result<Vec<PendingClaim>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT receipt_id, finetune_id, status, deadline, checks, answered
+             FROM confirmations WHERE next_check_at <= ?1
+             ORDER BY next_check_at, receipt_id LIMIT ?2",
+        )
+        .bind(now)
+        .bind(i64::from(limit))
+        .fetch_all(&self.reads)
+        .await?)
+    }
+
+    /// When the next claim falls due, if any is waiting.
+    pub async fn next_claim_at(&self) -> Result<Option<String>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT MIN(next_check_at) FROM confirmations")
+                .fetch_one(&self.reads)
+                .await?,
+        )
+    }
+}
