@@ -15,7 +15,7 @@ use crate::{
     config::Settings,
     domain::{JobFields, Status},
     segmind::{RemoteJob, SegmindClient, SegmindError},
-    store::{ReconcileSummary, RemoteObservation, Store, StoreError},
+    store::{ReconcileSummary, RemoteObservation, RemoteReport, Store, StoreError},
     telemetry::metrics,
     time::now_rfc3339,
 };
@@ -33,6 +33,8 @@ const FIRST_BACKOFF: Duration = Duration::from_secs(5);
 /// Jobs waiting for a details lookup beyond this are dropped (the next pass
 /// covers them).
 const ENRICH_QUEUE: usize = 1024;
+/// Details calls in flight at once during a pass.
+const DETAILS_CONCURRENCY: usize = 4;
 
 /// What `/v1/status` shows of the reconciler.
 #[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
@@ -103,6 +105,7 @@ pub struct Reconciler {
     store: Store,
     interval: Duration,
     initial_delay: Duration,
+    forget_after: Duration,
     state: Mutex<ReconcileState>,
     /// One pass at a time: an on-demand pass waits for a running one.
     pass_lock: tokio::sync::Mutex<()>,
@@ -126,6 +129,7 @@ impl Reconciler {
             store,
             interval: settings.reconcile.interval,
             initial_delay: settings.reconcile.initial_delay,
+            forget_after: settings.reconcile.forget_after,
             pass_lock: tokio::sync::Mutex::new(()),
             enrich_tx,
             enrich_rx: Mutex::new(Some(enrich_rx)),
@@ -218,44 +222,67 @@ impl Reconciler {
         let seen: HashSet<&str> = listed.iter().filter_map(RemoteJob::job_id).collect();
         let missing: Vec<String> = self
             .store
-            .unfinished_job_ids()
+            .unfinished_job_ids(&now_rfc3339())
             .await?
             .into_iter()
             .filter(|id| !seen.contains(id.as_str()))
             .collect();
         let (mut details_fetched, mut details_failed) = (0, 0);
-        for id in &missing {
-            match client.details(id).await {
+        let mut not_found = Vec::new();
+        let mut queue = missing.iter();
+        let mut calls = tokio::task::JoinSet::new();
+        let mut struggling = false;
+        loop {
+            while !struggling && calls.len() < DETAILS_CONCURRENCY {
+                let Some(id) = queue.next() else { break };
+                let (client, id) = (client.clone(), id.clone());
+                calls.spawn(async move {
+                    let answer = client.details(&id).await;
+                    (id, answer)
+                });
+            }
+            let Some(joined) = calls.join_next().await else {
+                break;
+            };
+            let Ok((id, answer)) = joined else {
+                details_failed += 1;
+                continue;
+            };
+            match answer {
                 Ok(Some(job)) => match observation(&job) {
-                    Some(obs) if obs.finetune_id == *id => {
-                        details_fetched += 1;
-                        observations.push(obs);
-                    }
+                    // Details may name the job by another of its ids.
                     Some(obs) => {
-                        // Details may name the job by another of its ids.
                         details_fetched += 1;
                         observations.push(RemoteObservation {
-                            finetune_id: id.clone(),
+                            finetune_id: id,
                             ..obs
                         });
                     }
                     None => details_failed += 1,
                 },
-                Ok(None) => details_failed += 1,
+                Ok(None) | Err(SegmindError::Rejected { status: 404, .. }) => {
+                    details_failed += 1;
+                    not_found.push(id);
+                }
                 Err(e) => {
                     details_failed += 1;
                     tracing::warn!(finetune_id = %id, error = %e, "cannot fetch a job's details");
                     if e.is_transient() || matches!(e, SegmindError::Unauthorized { .. }) {
                         // Segmind is struggling: leave the rest for the next pass.
-                        details_failed += missing
-                            .len()
-                            .saturating_sub(details_fetched + details_failed);
-                        break;
+                        struggling = true;
                     }
                 }
             }
         }
-        let applied = self.store.reconcile(observations).await?;
+        details_failed += queue.count();
+        let applied = self
+            .store
+            .reconcile(RemoteReport {
+                observations,
+                not_found,
+                forget_after: self.forget_after,
+            })
+            .await?;
         Ok(PassReport {
             started_at,
             finished_at: now_rfc3339(),
@@ -330,7 +357,11 @@ impl Reconciler {
                                 finetune_id: id.clone(),
                                 ..obs
                             };
-                            match self.store.reconcile(vec![obs]).await {
+                            let report = RemoteReport {
+                                observations: vec![obs],
+                                ..RemoteReport::default()
+                            };
+                            match self.store.reconcile(report).await {
                                 Ok(summary) => {
                                     for status in &summary.applied {
                                         metrics::transition(status, "reconcile");

@@ -68,6 +68,10 @@ pub struct ReconcileSettings {
     /// Wait after start before the first pass.
     #[serde(with = "humantime_serde")]
     pub initial_delay: Duration,
+    /// An id Segmind's details answer 404 for this long is no longer asked
+    /// about (its job shows `segmind_status: NOT_FOUND`).
+    #[serde(with = "humantime_serde")]
+    pub forget_after: Duration,
 }
 
 impl Default for ReconcileSettings {
@@ -75,6 +79,7 @@ impl Default for ReconcileSettings {
         ReconcileSettings {
             interval: Duration::from_secs(120),
             initial_delay: Duration::from_secs(5),
+            forget_after: Duration::from_secs(24 * 3600),
         }
     }
 }

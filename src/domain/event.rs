@@ -188,7 +188,6 @@ mod tests {
             recorded: Default::default(),
             webhook_status: None,
             segmind_status: None,
-            segmind_seen_at: None,
         };
         let event: Value = serde_json::from_str(&status_changed(
             "tr_1",
@@ -223,7 +222,6 @@ mod tests {
             recorded: Default::default(),
             webhook_status: None,
             segmind_status: None,
-            segmind_seen_at: None,
         };
         let event: Value = serde_json::from_str(&updated(
             "ev_1",

@@ -116,9 +116,10 @@ pub struct Job {
     pub recorded: BTreeSet<Status>,
     /// The last status a webhook reported that the job took (or already had).
     pub webhook_status: Option<Status>,
-    /// The last status Segmind's own API reported, and when.
+    /// The last status Segmind's own API reported (when it reported it is
+    /// bookkeeping the store keeps apart, so asking Segmind again about an
+    /// unchanged job changes nothing here).
     pub segmind_status: Option<Status>,
-    pub segmind_seen_at: Option<String>,
 }
 
 impl Job {
@@ -202,7 +203,6 @@ pub fn observe(job: &mut Option<Job>, obs: &Observation<'_>) -> Effect {
             recorded: BTreeSet::from([obs.status.clone()]),
             webhook_status: from_webhook.then(|| obs.status.clone()),
             segmind_status: (!from_webhook).then(|| obs.status.clone()),
-            segmind_seen_at: (!from_webhook).then(|| obs.observed_at.to_owned()),
         });
         return Effect {
             decision: Decision::Apply,
@@ -237,10 +237,8 @@ pub fn observe(job: &mut Option<Job>, obs: &Observation<'_>) -> Effect {
         Source::Webhook => {}
         Source::Reconcile => {
             // Bookkeeping: asking Segmind does not make the job "updated".
-            changed |= current.segmind_status.as_ref() != Some(obs.status)
-                || current.segmind_seen_at.as_deref() != Some(obs.observed_at);
+            changed |= current.segmind_status.as_ref() != Some(obs.status);
             current.segmind_status = Some(obs.status.clone());
-            current.segmind_seen_at = Some(obs.observed_at.to_owned());
         }
     }
     Effect {

@@ -40,6 +40,12 @@ pub struct JobList<T> {
 pub struct JobDetail {
     #[serde(flatten)]
     job: JobRow,
+    /// The last status Segmind's API reported (`NOT_FOUND` once its details
+    /// have answered 404 for `reconcile.forget_after`), and when.
+    segmind_status: Option<String>,
+    segmind_seen_at: Option<String>,
+    /// The last status a webhook reported that the job took or already had.
+    webhook_status: Option<String>,
     transitions: Vec<TransitionDetail>,
     /// `finetune.updated` events: fields users act on that changed without
     /// a status change, oldest first.
@@ -130,6 +136,8 @@ pub async fn get(
         state.store.job(&finetune_id).await?.ok_or_else(|| {
             ApiError::NotFound(format!("no job with finetune_id `{finetune_id}`"))
         })?;
+    let (segmind_status, webhook_status, segmind_seen_at) =
+        state.store.job_sources(&finetune_id).await?;
     let mut deliveries = state.store.job_deliveries(&finetune_id).await?;
     let mut take = |event_id: &str| -> Vec<TransitionDelivery> {
         let (mine, rest) = deliveries.drain(..).partition(|d| d.event_id == event_id);
@@ -158,6 +166,9 @@ pub async fn get(
         .collect();
     Ok(Json(JobDetail {
         job,
+        segmind_status,
+        segmind_seen_at,
+        webhook_status,
         transitions,
         updates,
     }))

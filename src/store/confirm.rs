@@ -192,6 +192,8 @@ pub(super) fn settle(
                 settlement.receipt_id
             ])?;
     }
+    let seen: Vec<&str> = api_views.iter().map(|a| a.finetune_id.as_str()).collect();
+    super::reconcile::record_sightings(conn, &seen, &now)?;
     for api in api_views {
         let planned = planner.observe(
             &Observation {

@@ -32,7 +32,7 @@ pub fn load(
         "SELECT status, name, base_model, slug, trained_model_url,
                 inference_api_url, cloud_storage_url, error_message, created_ts, updated_ts,
                 theme, train_type, source_type, data_source_path, public_model,
-                webhook_status, segmind_status, segmind_seen_at, first_seen_at, updated_at
+                webhook_status, segmind_status, first_seen_at, updated_at
          FROM jobs WHERE finetune_id = ?1",
     )?;
     let mut select_recorded =
@@ -62,9 +62,8 @@ pub fn load(
                     },
                     webhook_status: stored_status(row, 15)?,
                     segmind_status: stored_status(row, 16)?,
-                    segmind_seen_at: row.get(17)?,
-                    first_seen_at: row.get(18)?,
-                    updated_at: row.get(19)?,
+                    first_seen_at: row.get(17)?,
+                    updated_at: row.get(18)?,
                     recorded: BTreeSet::new(),
                 })
             })
@@ -99,10 +98,10 @@ pub fn upsert(conn: &Connection, jobs: &[&Job]) -> rusqlite::Result<()> {
         "INSERT INTO jobs (finetune_id, status, status_rank, name, base_model, slug,
             trained_model_url, inference_api_url, cloud_storage_url, error_message,
             created_ts, updated_ts, theme, train_type, source_type, data_source_path,
-            public_model, webhook_status, segmind_status, segmind_seen_at,
+            public_model, webhook_status, segmind_status,
             first_seen_at, updated_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
-            ?17, ?18, ?19, ?20, ?21, ?22)
+            ?17, ?18, ?19, ?20, ?21)
          ON CONFLICT (finetune_id) DO UPDATE SET
             status = excluded.status, status_rank = excluded.status_rank,
             name = excluded.name, base_model = excluded.base_model, slug = excluded.slug,
@@ -114,7 +113,7 @@ pub fn upsert(conn: &Connection, jobs: &[&Job]) -> rusqlite::Result<()> {
             theme = excluded.theme, train_type = excluded.train_type,
             source_type = excluded.source_type, data_source_path = excluded.data_source_path,
             public_model = excluded.public_model, webhook_status = excluded.webhook_status,
-            segmind_status = excluded.segmind_status, segmind_seen_at = excluded.segmind_seen_at,
+            segmind_status = excluded.segmind_status,
             updated_at = excluded.updated_at",
     )?;
     for job in jobs {
@@ -139,7 +138,6 @@ pub fn upsert(conn: &Connection, jobs: &[&Job]) -> rusqlite::Result<()> {
             f.public_model,
             job.webhook_status.as_ref().map(Status::as_str),
             job.segmind_status.as_ref().map(Status::as_str),
-            job.segmind_seen_at,
             job.first_seen_at,
             job.updated_at,
         ])?;

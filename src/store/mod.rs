@@ -29,7 +29,7 @@ pub use outbox::{
     SinkHealth, SinkRoute, TransitionDelivery,
 };
 pub use queries::{JobFilter, ReceiptFilter};
-pub use reconcile::{ReconcileSummary, RemoteObservation};
+pub use reconcile::{NOT_FOUND, ReconcileSummary, RemoteObservation, RemoteReport};
 pub use tokens::Tokens;
 
 use crate::config::{DatabaseSettings, Synchronous};
@@ -157,12 +157,10 @@ impl Store {
     }
 
     /// Applies what Segmind's API reported about these jobs, under the same
-    /// rules as webhooks (source `reconcile`).
-    pub async fn reconcile(
-        &self,
-        observations: Vec<RemoteObservation>,
-    ) -> Result<ReconcileSummary, StoreError> {
-        match self.writer.call(Step::Reconcile(observations)).await? {
+    /// rules as webhooks (source `reconcile`), and remembers the ids its
+    /// details did not know.
+    pub async fn reconcile(&self, report: RemoteReport) -> Result<ReconcileSummary, StoreError> {
+        match self.writer.call(Step::Reconcile(Box::new(report))).await? {
             Output::Reconciled(summary) => Ok(summary),
             _ => Err(mismatch()),
         }

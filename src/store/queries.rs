@@ -45,6 +45,23 @@ impl Store {
         .await?)
     }
 
+    /// What each path last said of a job's status: Segmind's API (and
+    /// when), and webhooks.
+    pub async fn job_sources(
+        &self,
+        finetune_id: &str,
+    ) -> Result<(Option<String>, Option<String>, Option<String>), StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT segmind_status, webhook_status,
+                (SELECT seen_at FROM segmind_sightings s WHERE s.finetune_id = jobs.finetune_id)
+             FROM jobs WHERE finetune_id = ?",
+        )
+        .bind(finetune_id)
+        .fetch_optional(&self.reads)
+        .await?
+        .unwrap_or_default())
+    }
+
     /// A job's `finetune.updated` events, oldest first.
     pub async fn updates(&self, finetune_id: &str) -> Result<Vec<UpdateRow>, StoreError> {
         let rows: Vec<(String, String, Option<String>, String, String)> = sqlx::query_as(
@@ -100,7 +117,10 @@ impl Store {
     /// said (or where no webhook said anything), most recently updated first.
     pub async fn drifting_jobs(&self, limit: u32) -> Result<Vec<DriftRow>, StoreError> {
         let sql = format!(
-            "SELECT {JOB_COLUMNS}, segmind_status, webhook_status, segmind_seen_at FROM jobs
+            "SELECT {JOB_COLUMNS}, segmind_status, webhook_status,
+                (SELECT seen_at FROM segmind_sightings s WHERE s.finetune_id = jobs.finetune_id)
+                    AS segmind_seen_at
+             FROM jobs
              WHERE segmind_status IS NOT NULL AND segmind_status IS NOT webhook_status
              ORDER BY updated_at DESC, finetune_id DESC LIMIT ?"
         );
@@ -119,11 +139,17 @@ impl Store {
         )
     }
 
-    /// Ids of the jobs not in a terminal status.
-    pub async fn unfinished_job_ids(&self) -> Result<Vec<String>, StoreError> {
+    /// Ids of the jobs not in a terminal status whose details may be asked
+    /// for at `now` (not waiting after a 404, not forgotten).
+    pub async fn unfinished_job_ids(&self, now: &str) -> Result<Vec<String>, StoreError> {
         Ok(sqlx::query_scalar(
-            "SELECT finetune_id FROM jobs WHERE status_rank < 100 ORDER BY finetune_id",
+            "SELECT finetune_id FROM jobs
+             WHERE status_rank < 100
+               AND NOT EXISTS (SELECT 1 FROM segmind_sightings s
+                               WHERE s.finetune_id = jobs.finetune_id AND s.next_details_at > ?1)
+             ORDER BY finetune_id",
         )
+        .bind(now)
         .fetch_all(&self.reads)
         .await?)
     }

@@ -16,7 +16,7 @@ use super::{
     confirm::{self, ConfirmSummary, Settlement},
     ingest::{self, IngestRequest, IngestResult},
     outbox::{self, AttemptRecord, ReplayRequest, SinkRoute},
-    reconcile::{self, ReconcileSummary, RemoteObservation},
+    reconcile::{self, ReconcileSummary, RemoteReport},
     tokens::{self, Tokens},
 };
 use rusqlite::{Connection, ErrorCode, Transaction};
@@ -36,7 +36,7 @@ pub(super) enum Step {
     RecordAttempt(Box<AttemptRecord>),
     RetryDelivery(i64),
     Replay(Box<ReplayRequest>),
-    Reconcile(Vec<RemoteObservation>),
+    Reconcile(Box<RemoteReport>),
     Settle(Vec<Settlement>),
 }
 
@@ -396,9 +396,7 @@ fn run_step(conn: &Connection, step: &Step, routes: &[SinkRoute]) -> rusqlite::R
         }
         Step::RetryDelivery(id) => Output::Retried(outbox::retry(conn, *id)?),
         Step::Replay(request) => Output::Replayed(outbox::replay(conn, request, routes)?),
-        Step::Reconcile(observations) => {
-            Output::Reconciled(reconcile::apply(conn, observations, routes)?)
-        }
+        Step::Reconcile(report) => Output::Reconciled(reconcile::apply(conn, report, routes)?),
         Step::Settle(settlements) => Output::Settled(confirm::settle(conn, settlements, routes)?),
     })
 }

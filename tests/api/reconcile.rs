@@ -398,3 +398,109 @@ async fn the_reconcile_command_runs_one_pass_and_exits() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("SEGMIND_API_KEY"));
 }
+
+/// Records every write to the jobs table from now on, through a trigger
+/// in the database file itself.
+fn watch_job_writes(app: &TestApp) -> rusqlite::Connection {
+    let conn =
+        rusqlite::Connection::open(app.dir.path().join("tunehook.db")).expect("the database");
+    conn.busy_timeout(Duration::from_secs(5))
+        .expect("busy timeout");
+    conn.execute_batch(
+        "CREATE TABLE job_writes (finetune_id TEXT);
+         CREATE TRIGGER job_updated AFTER UPDATE ON jobs
+            BEGIN INSERT INTO job_writes VALUES (new.finetune_id); END;
+         CREATE TRIGGER job_inserted AFTER INSERT ON jobs
+            BEGIN INSERT INTO job_writes VALUES (new.finetune_id); END;",
+    )
+    .expect("the trigger");
+    conn
+}
+
+#[tokio::test]
+async fn a_pass_in_which_nothing_changed_writes_no_job_row() {
+    let fake = FakeSegmind::start().await;
+    let jobs: Vec<Value> = (0..50)
+        .map(|i| listed(&format!("steady-{i}"), "TRAINING"))
+        .collect();
+    fake.set_jobs(jobs);
+    let app = app_for(&fake).await;
+    let (status, report) = pass(&app).await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(report["jobs_created"], 50);
+    let (_, drift) = app.get("/v1/jobs?drift=true&limit=500").await;
+    let first_seen = drift["jobs"][0]["segmind_seen_at"].clone();
+    assert!(first_seen.is_string(), "{drift}");
+
+    let audit = watch_job_writes(&app);
+    let (_, report) = pass(&app).await;
+    assert_eq!(report["transitions"], 0, "{report}");
+    let writes: i64 = audit
+        .query_row("SELECT COUNT(*) FROM job_writes", [], |r| r.get(0))
+        .expect("count");
+    assert_eq!(writes, 0, "an unchanged pass wrote job rows");
+    // Yet tunehook knows Segmind reported them again.
+    let (_, drift) = app.get("/v1/jobs?drift=true&limit=500").await;
+    assert_ne!(drift["jobs"][0]["segmind_seen_at"], first_seen, "{drift}");
+
+    // A pass that changes one job writes that one row.
+    let mut changed: Vec<Value> = (0..50)
+        .map(|i| listed(&format!("steady-{i}"), "TRAINING"))
+        .collect();
+    changed[7] = listed("steady-7", "TRAINING_COMPLETED");
+    fake.set_jobs(changed);
+    pass(&app).await;
+    let written: Vec<String> = audit
+        .prepare("SELECT finetune_id FROM job_writes")
+        .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+        .expect("rows");
+    assert_eq!(written, ["steady-7"]);
+}
+
+#[tokio::test]
+async fn an_id_segmind_does_not_know_is_asked_again_later_then_forgotten() {
+    let fake = FakeSegmind::start().await;
+    let app = spawn_app_with(|s| {
+        segmind(s, &fake);
+        s.reconcile.forget_after = Duration::from_millis(800);
+    })
+    .await;
+    app.post(json!({"event": "TRAINING", "finetune_id": "ghost"}))
+        .await;
+    let asked = || fake.calls("/finetune/request/details").len();
+    // A new job's details are asked for in the background first.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while asked() == 0 {
+        assert!(std::time::Instant::now() < deadline, "no background lookup");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    pass(&app).await;
+    assert_eq!(asked(), 2);
+    // Asked again only once the wait is over, not on every pass.
+    pass(&app).await;
+    assert_eq!(asked(), 2, "asked again at once");
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        pass(&app).await;
+        if app.job("ghost").await["segmind_status"] == "NOT_FOUND" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never forgotten");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let after_forgetting = asked();
+    assert_eq!(
+        after_forgetting, 3,
+        "asked once more at its forgetting time"
+    );
+    for _ in 0..3 {
+        pass(&app).await;
+    }
+    assert_eq!(
+        asked(),
+        after_forgetting,
+        "a forgotten id is not asked about"
+    );
+    assert_eq!(app.job("ghost").await["status"], "TRAINING");
+}
