@@ -87,3 +87,42 @@ async fn a_retry_after_of_zero_does_not_shorten_the_planned_wait() {
     );
     assert_eq!(fake.received().len(), 1, "no second attempt yet");
 }
+
+// ---- Chat sinks ----
+
+#[tokio::test]
+async fn a_job_named_like_a_mention_pings_nobody_in_slack_or_discord() {
+    let slack = FakeSink::start().await;
+    let discord = FakeSink::start().await;
+    let app = app_with_sinks(vec![
+        sink(&format!(
+            "name = \"slack\"\nkind = \"slack\"\nurl = \"{}\"",
+            slack.url()
+        )),
+        sink(&format!(
+            "name = \"discord\"\nkind = \"discord\"\nurl = \"{}\"",
+            discord.url()
+        )),
+    ])
+    .await;
+    app.post(json!({
+        "event": "FAILED", "finetune_id": "ping", "name": "<!channel> @everyone",
+        "error_message": "<@U123> & friends"
+    }))
+    .await;
+
+    let slack_body = slack.wait_for(1).await[0].json();
+    let text = slack_body["text"].as_str().expect("a text field");
+    assert!(text.contains("&lt;!channel&gt;"), "{text}");
+    assert!(text.contains("&lt;@U123&gt; &amp; friends"), "{text}");
+    assert!(!text.contains('<'), "nothing Slack reads as a command: {text}");
+
+    let discord_body = discord.wait_for(1).await[0].json();
+    assert_eq!(
+        discord_body["allowed_mentions"],
+        json!({"parse": []}),
+        "{discord_body}"
+    );
+    let content = discord_body["content"].as_str().expect("a content field");
+    assert!(content.contains("<!channel> @everyone"), "{content}");
+}
