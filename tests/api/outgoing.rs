@@ -115,7 +115,10 @@ async fn a_job_named_like_a_mention_pings_nobody_in_slack_or_discord() {
     let text = slack_body["text"].as_str().expect("a text field");
     assert!(text.contains("&lt;!channel&gt;"), "{text}");
     assert!(text.contains("&lt;@U123&gt; &amp; friends"), "{text}");
-    assert!(!text.contains('<'), "nothing Slack reads as a command: {text}");
+    assert!(
+        !text.contains('<'),
+        "nothing Slack reads as a command: {text}"
+    );
 
     let discord_body = discord.wait_for(1).await[0].json();
     assert_eq!(
@@ -125,4 +128,180 @@ async fn a_job_named_like_a_mention_pings_nobody_in_slack_or_discord() {
     );
     let content = discord_body["content"].as_str().expect("a content field");
     assert!(content.contains("<!channel> @everyone"), "{content}");
+}
+
+// ---- Command sinks ----
+
+/// A command sink running `sh -c script`, with extra TOML lines.
+fn command_sink(name: &str, script: &str, extra: &str) -> SinkSettings {
+    SinkSettings {
+        args: vec!["-c".into(), script.into()],
+        ..sink(&format!(
+            "name = \"{name}\"\nkind = \"command\"\nprogram = \"sh\"\n{extra}"
+        ))
+    }
+}
+
+/// Whether process `pid` is gone (or a zombie waiting to be reaped).
+fn is_gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        // The state follows the command name, which is in parentheses.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])),
+    }
+}
+
+/// Waits (at most 10 s) for the process whose id the script wrote to `file`
+/// to be gone.
+async fn wait_until_gone(file: &std::path::Path) {
+    let pid: u32 = std::fs::read_to_string(file)
+        .unwrap_or_else(|e| panic!("the script wrote {}: {e}", file.display()))
+        .trim()
+        .parse()
+        .expect("a pid");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !is_gone(pid) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the background child {pid} is still running"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_command_sees_only_the_passed_through_variables_the_events_and_its_own() {
+    let dir = tempfile::tempdir().expect("dir");
+    let out = dir.path().join("env");
+    let app = app_with_sinks(vec![command_sink(
+        "env",
+        &format!("env -0 > '{}'", out.display()),
+        "env = { GREETING = \"hello world\", api_url = \"https://x\" }",
+    )])
+    .await;
+    app.post(json!({"event": "AVAILABLE", "finetune_id": "envy"}))
+        .await;
+    the_delivery(&app, "the command ran", |d| d["status"] == "delivered").await;
+
+    let text = std::fs::read_to_string(&out).expect("the command wrote its environment");
+    let seen: std::collections::BTreeMap<&str, &str> = text
+        .split('\0')
+        .filter(|line| !line.is_empty())
+        .filter_map(|line| line.split_once('='))
+        .collect();
+    let given = [
+        "PATH",
+        "HOME",
+        "LANG",
+        "LC_ALL",
+        "TZ",
+        "TUNEHOOK_EVENT_ID",
+        "TUNEHOOK_FINETUNE_ID",
+        "TUNEHOOK_STATUS",
+        "TUNEHOOK_PREVIOUS_STATUS",
+        "TUNEHOOK_EVENT_TYPE",
+        "GREETING",
+        "api_url",
+    ];
+    // What `sh` sets for itself.
+    let shell = ["PWD", "OLDPWD", "SHLVL", "_"];
+    let allowed = |name: &str| given.contains(&name) || shell.contains(&name);
+    // The test process has variables of its own (cargo sets several), so a
+    // command that inherited them would show some.
+    let inherited: Vec<String> = std::env::vars()
+        .map(|(name, _)| name)
+        .filter(|name| !allowed(name))
+        .collect();
+    assert!(!inherited.is_empty(), "the test needs an outside variable");
+    let leaked: Vec<&&str> = seen.keys().filter(|name| !allowed(name)).collect();
+    assert!(leaked.is_empty(), "inherited {leaked:?}");
+    assert_eq!(
+        seen.get("PATH").copied(),
+        std::env::var("PATH").ok().as_deref()
+    );
+    assert_eq!(seen["GREETING"], "hello world");
+    assert_eq!(seen["api_url"], "https://x");
+    assert_eq!(seen["TUNEHOOK_EVENT_TYPE"], "finetune.status_changed");
+    assert_eq!(seen["TUNEHOOK_FINETUNE_ID"], "envy");
+    assert_eq!(seen["TUNEHOOK_STATUS"], "AVAILABLE");
+    assert_eq!(seen["TUNEHOOK_PREVIOUS_STATUS"], "");
+}
+
+#[tokio::test]
+async fn a_background_child_holding_the_pipes_does_not_hold_the_attempt_and_is_killed() {
+    let dir = tempfile::tempdir().expect("dir");
+    let pid = dir.path().join("sleeper.pid");
+    let app = app_with_sinks(vec![command_sink(
+        "bg",
+        &format!("sleep 30 & echo $! > '{}'; echo started", pid.display()),
+        // Long enough that only the grace after exit can end it in time.
+        "timeout = \"2m\"",
+    )])
+    .await;
+    app.post(json!({"event": "AVAILABLE", "finetune_id": "bg"}))
+        .await;
+    let delivery = the_delivery(&app, "the attempt ended", |d| d["attempts"] != 0).await;
+    assert_eq!(delivery["status"], "delivered", "{delivery}");
+    assert_eq!(delivery["attempt_log"][0]["exit_code"], 0);
+    assert_eq!(delivery["attempt_log"][0]["response"], "started\n");
+    wait_until_gone(&pid).await;
+}
+
+#[tokio::test]
+async fn at_the_timeout_the_whole_process_group_is_killed() {
+    let dir = tempfile::tempdir().expect("dir");
+    let pid = dir.path().join("sleeper.pid");
+    let app = app_with_sinks(vec![command_sink(
+        "slow",
+        &format!(
+            "sleep 30 > /dev/null 2>&1 & echo $! > '{}'; wait",
+            pid.display()
+        ),
+        "timeout = \"1s\"\nretry_schedule = []",
+    )])
+    .await;
+    app.post(json!({"event": "AVAILABLE", "finetune_id": "slow"}))
+        .await;
+    let delivery = the_delivery(&app, "the attempt timed out", |d| d["status"] == "dead").await;
+    assert!(
+        delivery["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("timed out")),
+        "{delivery}"
+    );
+    // The sleeper does not hold the pipes: only the group kill reaches it.
+    wait_until_gone(&pid).await;
+}
+
+#[tokio::test]
+async fn a_large_event_and_a_flood_of_output_neither_deadlock_nor_fill_memory() {
+    let dir = tempfile::tempdir().expect("dir");
+    let stdin = dir.path().join("stdin.json");
+    // The program writes 3 MB before it reads its input: with input written
+    // first and output read after, both sides would wait on a full pipe.
+    let app = app_with_sinks(vec![command_sink(
+        "flood",
+        &format!(
+            "yes | head -c 3000000; cat > '{}'; echo done >&2",
+            stdin.display()
+        ),
+        "timeout = \"2m\"",
+    )])
+    .await;
+    let name = "n".repeat(300_000);
+    app.post(json!({"event": "AVAILABLE", "finetune_id": "big", "name": name}))
+        .await;
+    let delivery = the_delivery(&app, "the attempt ended", |d| d["attempts"] != 0).await;
+    assert_eq!(delivery["status"], "delivered", "{delivery}");
+    let response = delivery["attempt_log"][0]["response"]
+        .as_str()
+        .expect("a response");
+    assert_eq!(response.len(), 1024, "1 KiB of the output is kept");
+    assert!(response.starts_with("y\ny\n"));
+    let event: Value =
+        serde_json::from_str(&std::fs::read_to_string(&stdin).expect("the input was saved"))
+            .expect("the whole event arrived");
+    assert_eq!(event["data"]["name"].as_str().map(str::len), Some(300_000));
 }

@@ -60,7 +60,12 @@ impl ChatSink {
             Ok(event) => event,
             Err(e) => return Attempt::failed(format!("the stored event is not JSON: {e}")),
         };
-        send(self.client.post(&self.url).json(&body(&event, self.service))).await
+        send(
+            self.client
+                .post(&self.url)
+                .json(&body(&event, self.service)),
+        )
+        .await
     }
 }
 
@@ -147,7 +152,10 @@ mod tests {
     fn slack_text_cannot_mention_or_link() {
         let text = message(&event("<!channel> & <@U1>", "<!here>"), Service::Slack);
         assert!(!text.contains('<') && !text.contains('>'), "{text}");
-        assert!(text.contains("&lt;!channel&gt; &amp; &lt;@U1&gt;"), "{text}");
+        assert!(
+            text.contains("&lt;!channel&gt; &amp; &lt;@U1&gt;"),
+            "{text}"
+        );
         assert!(text.contains("(ft&lt;1&gt;)"), "{text}");
         assert!(text.contains("Error: &lt;!here&gt;"), "{text}");
         assert!(text.contains("https://x/?a=1&amp;b=&lt;2&gt;"), "{text}");
