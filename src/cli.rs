@@ -179,7 +179,8 @@ async fn reconcile(settings: Settings) -> anyhow::Result<()> {
     let (store, writer) = Store::open(&settings.database, routes)
         .await
         .with_context(|| format!("cannot open the database at {}", settings.database.url))?;
-    let reconciler = crate::reconcile::Reconciler::new(&settings, store.clone());
+    let reconciler = crate::reconcile::Reconciler::new(&settings, store.clone())
+        .context("cannot build the HTTP client for Segmind")?;
     let result = reconciler.run_pass().await;
     drop(reconciler);
     drop(store);

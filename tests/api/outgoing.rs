@@ -4,13 +4,26 @@
 //! schedule, and Segmind's key never follows a redirect.
 
 use crate::{
+    fake_segmind::{API_KEY, FakeSegmind},
     fake_sink::{FakeSink, OK, Reply, earlier_tries},
     helpers::{TestApp, spawn_app_with},
 };
+use axum::{
+    Router,
+    http::HeaderMap,
+    response::{IntoResponse, Response},
+};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use std::time::Duration;
-use tunehook::config::SinkSettings;
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+use tunehook::{
+    config::{Secret, SinkSettings},
+    segmind::{SegmindClient, SegmindError},
+};
 
 /// A sink from its TOML, as a user writes it.
 fn sink(toml_text: &str) -> SinkSettings {
@@ -304,4 +317,199 @@ async fn a_large_event_and_a_flood_of_output_neither_deadlock_nor_fill_memory() 
         serde_json::from_str(&std::fs::read_to_string(&stdin).expect("the input was saved"))
             .expect("the whole event arrived");
     assert_eq!(event["data"]["name"].as_str().map(str::len), Some(300_000));
+}
+
+// ---- Segmind: no redirects, bounded answers ----
+
+type Answer = dyn Fn() -> Response + Send + Sync;
+
+/// A real HTTP server on 127.0.0.1 that answers every request with
+/// `answer()` and records the headers each one carried.
+struct Recorder {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Vec<HeaderMap>>>,
+}
+
+impl Recorder {
+    async fn start(answer: impl Fn() -> Response + Send + Sync + 'static) -> Recorder {
+        let seen: Arc<Mutex<Vec<HeaderMap>>> = Arc::default();
+        let answer: Arc<Answer> = Arc::new(answer);
+        let record = Arc::clone(&seen);
+        let app = Router::new().fallback(move |headers: HeaderMap| {
+            if let Ok(mut seen) = record.lock() {
+                seen.push(headers);
+            }
+            let answer = Arc::clone(&answer);
+            async move { answer() }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Recorder { addr, seen }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn seen(&self) -> Vec<HeaderMap> {
+        self.seen.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+}
+
+/// A "Segmind" that redirects every call to `elsewhere`, with a secret in
+/// the query of the Location.
+async fn redirecting_to(elsewhere: &Recorder) -> Recorder {
+    let location = format!("{}/collect?token=query-secret", elsewhere.url());
+    Recorder::start(move || {
+        (StatusCode::FOUND, [("location", location.clone())], "moved").into_response()
+    })
+    .await
+}
+
+fn client(base_url: &str) -> SegmindClient {
+    SegmindClient::new(base_url, Secret::new(API_KEY), Duration::from_secs(5)).expect("a client")
+}
+
+#[tokio::test]
+async fn the_segmind_key_never_follows_a_redirect_to_another_server() {
+    let elsewhere = Recorder::start(|| (StatusCode::OK, "[]").into_response()).await;
+    let redirector = redirecting_to(&elsewhere).await;
+
+    // A client with reqwest's default policy would take the key along.
+    reqwest::Client::new()
+        .get(format!("{}/finetune/request/list", redirector.url()))
+        .header("x-api-key", API_KEY)
+        .send()
+        .await
+        .expect("followed");
+    assert_eq!(
+        elsewhere.seen()[0].get("x-api-key").map(|v| v.as_bytes()),
+        Some(API_KEY.as_bytes()),
+        "the redirect leaks the key when followed"
+    );
+
+    let error = client(&redirector.url())
+        .list()
+        .await
+        .expect_err("a redirect is an error");
+    let host = elsewhere.addr.to_string();
+    match &error {
+        SegmindError::Redirected {
+            status,
+            host: named,
+        } => {
+            assert_eq!(*status, 302);
+            assert_eq!(*named, host);
+        }
+        other => panic!("not a redirect error: {other:?}"),
+    }
+    let message = error.to_string();
+    assert!(
+        message.contains("302") && message.contains(&host),
+        "{message}"
+    );
+    assert!(
+        !message.contains("query-secret") && !message.contains("/collect"),
+        "{message}"
+    );
+    assert_eq!(
+        elsewhere.seen().len(),
+        1,
+        "only the default client got there"
+    );
+    assert_eq!(redirector.seen().len(), 2);
+}
+
+#[tokio::test]
+async fn a_redirecting_segmind_fails_the_pass_with_kind_redirected() {
+    let elsewhere = Recorder::start(|| (StatusCode::OK, "[]").into_response()).await;
+    let redirector = redirecting_to(&elsewhere).await;
+    let app = spawn_app_with(|s| {
+        s.segmind.base_url = redirector.url();
+        s.segmind.api_key = Some(Secret::new(API_KEY));
+        s.reconcile.initial_delay = Duration::from_secs(3600);
+    })
+    .await;
+    let (status, body) = app.post_api("/v1/reconcile", json!({})).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert_eq!(body["error"]["code"], "redirected", "{body}");
+    assert!(elsewhere.seen().is_empty());
+}
+
+/// `n` listed jobs of about 100 bytes each.
+fn many_jobs(n: usize) -> Vec<Value> {
+    (0..n)
+        .map(|i| json!({"finetune_id": format!("job-{i}"), "status": "TRAINING", "name": "x".repeat(50)}))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_segmind_answer_larger_than_the_cap_fails_the_call() {
+    let fake = FakeSegmind::start().await;
+    fake.set_jobs(many_jobs(100));
+    let listed = client(&fake.url())
+        .list()
+        .await
+        .expect("under the default cap");
+    assert_eq!(listed.len(), 100);
+
+    let error = client(&fake.url())
+        .with_max_response_bytes(1024)
+        .list()
+        .await
+        .expect_err("past the cap");
+    assert!(
+        matches!(error, SegmindError::TooLarge { limit: 1024 }),
+        "{error:?}"
+    );
+    assert!(
+        error.to_string().contains("segmind.max_response_bytes"),
+        "{error}"
+    );
+
+    let app = spawn_app_with(|s| {
+        s.segmind.base_url = fake.url();
+        s.segmind.api_key = Some(Secret::new(API_KEY));
+        s.segmind.max_response_bytes = 1024;
+        s.reconcile.initial_delay = Duration::from_secs(3600);
+    })
+    .await;
+    let (status, body) = app.post_api("/v1/reconcile", json!({})).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert_eq!(body["error"]["code"], "too_large", "{body}");
+    assert!(
+        app.all_jobs().await.is_empty(),
+        "a failed pass changes nothing"
+    );
+}
+
+#[tokio::test]
+async fn an_answer_without_a_length_is_cut_off_once_it_passes_the_cap() {
+    let text = serde_json::to_string(&many_jobs(20_000)).expect("json");
+    let bytes = text.len();
+    let body = Arc::new(text.into_bytes());
+    let streaming = Recorder::start(move || {
+        let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+            body.chunks(16 * 1024).map(|c| Ok(c.to_vec())).collect();
+        // A stream has no Content-Length: only counting the bytes stops it.
+        axum::body::Body::from_stream(futures::stream::iter(chunks)).into_response()
+    })
+    .await;
+    let probe = reqwest::get(streaming.url()).await.expect("an answer");
+    assert_eq!(probe.content_length(), None, "the answer is chunked");
+    let listed = client(&streaming.url())
+        .with_max_response_bytes(bytes as u64)
+        .list()
+        .await
+        .expect("at the cap");
+    assert_eq!(listed.len(), 20_000);
+    let error = client(&streaming.url())
+        .with_max_response_bytes(bytes as u64 / 2)
+        .list()
+        .await
+        .expect_err("past the cap");
+    assert!(matches!(error, SegmindError::TooLarge { .. }), "{error:?}");
 }
