@@ -243,6 +243,28 @@ async fn a_command_sees_only_the_passed_through_variables_the_events_and_its_own
 }
 
 #[tokio::test]
+async fn a_command_is_told_the_event_type_and_an_update_has_no_previous_status() {
+    let dir = tempfile::tempdir().expect("dir");
+    let out = dir.path().join("seen");
+    let app = app_with_sinks(vec![command_sink(
+        "updates",
+        &format!(
+            "echo \"$TUNEHOOK_EVENT_TYPE|$TUNEHOOK_STATUS|$TUNEHOOK_PREVIOUS_STATUS\" > '{}'",
+            out.display()
+        ),
+        "events = [\"finetune.updated\"]",
+    )])
+    .await;
+    app.post(json!({"event": "AVAILABLE", "finetune_id": "upd"}))
+        .await;
+    app.post(json!({"event": "AVAILABLE", "finetune_id": "upd", "inference_api_url": "https://i"}))
+        .await;
+    the_delivery(&app, "the update ran", |d| d["status"] == "delivered").await;
+    let seen = std::fs::read_to_string(&out).expect("the command ran");
+    assert_eq!(seen.trim(), "finetune.updated|AVAILABLE|");
+}
+
+#[tokio::test]
 async fn a_background_child_holding_the_pipes_does_not_hold_the_attempt_and_is_killed() {
     let dir = tempfile::tempdir().expect("dir");
     let pid = dir.path().join("sleeper.pid");

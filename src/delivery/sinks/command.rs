@@ -35,13 +35,6 @@ pub struct CommandSink {
     env: Vec<(String, String)>,
 }
 
-/// The event's `type`, read without assuming anything else of its shape.
-#[derive(serde::Deserialize)]
-struct EventHead {
-    #[serde(rename = "type")]
-    kind: Option<String>,
-}
-
 /// Kills a process group when dropped: at the end of every attempt,
 /// including one dropped at its timeout.
 struct Group(Option<rustix::process::Pid>);
@@ -74,16 +67,12 @@ impl CommandSink {
             .env("TUNEHOOK_EVENT_ID", &delivery.event_id)
             .env("TUNEHOOK_FINETUNE_ID", &delivery.finetune_id)
             .env("TUNEHOOK_STATUS", &delivery.to_status)
+            // Empty for an event that is not a status change.
             .env(
                 "TUNEHOOK_PREVIOUS_STATUS",
                 delivery.from_status.as_deref().unwrap_or(""),
-            );
-        if let Some(kind) = serde_json::from_str::<EventHead>(&delivery.event)
-            .ok()
-            .and_then(|head| head.kind)
-        {
-            command.env("TUNEHOOK_EVENT_TYPE", kind);
-        }
+            )
+            .env("TUNEHOOK_EVENT_TYPE", &delivery.event_type);
         command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
