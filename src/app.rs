@@ -53,8 +53,12 @@ impl Application {
         let listener = TcpListener::bind(&settings.server.listen)
             .await
             .with_context(|| format!("cannot listen on {}", settings.server.listen))?;
-        let sinks = delivery::build_sinks(&settings.delivery, &settings.sinks);
-        let reconciler = Arc::new(Reconciler::new(&settings, store.clone()));
+        let sinks = delivery::build_sinks(&settings.delivery, &settings.sinks)
+            .context("cannot build the HTTP client for sinks")?;
+        let reconciler = Arc::new(
+            Reconciler::new(&settings, store.clone())
+                .context("cannot build the HTTP client for Segmind")?,
+        );
         let confirmer = Arc::new(Confirmer::new(
             &settings,
             store.clone(),

@@ -159,11 +159,13 @@ async fn healthcheck(settings: Settings) -> anyhow::Result<()> {
     let url = format!("http://{host}:{}/readyz", addr.port());
     let client = reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(5))
-        .build()?;
+        .build()
+        .context("cannot build an HTTP client")?;
     let response = client
         .get(&url)
         .send()
         .await
+        .map_err(reqwest::Error::without_url)
         .with_context(|| format!("cannot reach {url}"))?;
     anyhow::ensure!(
         response.status().is_success(),
@@ -179,7 +181,8 @@ async fn reconcile(settings: Settings) -> anyhow::Result<()> {
     let (store, writer) = Store::open(&settings.database, routes)
         .await
         .with_context(|| format!("cannot open the database at {}", settings.database.url))?;
-    let reconciler = crate::reconcile::Reconciler::new(&settings, store.clone());
+    let reconciler = crate::reconcile::Reconciler::new(&settings, store.clone())
+        .context("cannot build the HTTP client for Segmind")?;
     let result = reconciler.run_pass().await;
     drop(reconciler);
     drop(store);
@@ -249,15 +252,23 @@ async fn send_test_event(
         ))
         .connect_timeout(std::time::Duration::from_secs(5))
         .timeout(std::time::Duration::from_secs(30))
-        .build()?;
+        .build()
+        .context("cannot build an HTTP client")?;
+    // reqwest's errors quote the URL, and with it the token: strip it and
+    // name the URL with its token hidden instead.
     let response = client
         .post(url)
         .json(&body)
         .send()
         .await
+        .map_err(reqwest::Error::without_url)
         .with_context(|| format!("cannot reach {}", redact_url(url)))?;
     let status = response.status();
-    let text = response.text().await.unwrap_or_default();
+    let text = response
+        .text()
+        .await
+        .map_err(reqwest::Error::without_url)
+        .context("cannot read the answer")?;
     println!("HTTP {status}");
     println!("{text}");
     anyhow::ensure!(
@@ -267,10 +278,51 @@ async fn send_test_event(
     Ok(())
 }
 
-/// The URL without its last path segment, which is the ingest token.
+/// The URL as it is safe to print: scheme, host, port and path, with its
+/// last path segment (the ingest token) hidden, and no user, password,
+/// query or fragment.
 fn redact_url(url: &str) -> String {
-    match url.rsplit_once('/') {
-        Some((head, _)) => format!("{head}/[token]"),
-        None => url.to_owned(),
+    let Ok(parsed) = url::Url::parse(url) else {
+        return "the given URL (not a valid URL)".to_owned();
+    };
+    let mut segments: Vec<&str> = parsed
+        .path_segments()
+        .map(|segments| segments.collect())
+        .unwrap_or_default();
+    if let Some(token) = segments.iter_mut().rev().find(|s| !s.is_empty()) {
+        *token = "[token]";
+    }
+    let port = parsed.port().map(|p| format!(":{p}")).unwrap_or_default();
+    format!(
+        "{}://{}{port}/{}",
+        parsed.scheme(),
+        parsed.host_str().unwrap_or("?"),
+        segments.join("/")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn a_printed_url_hides_the_token_and_any_credentials() {
+        for (url, shown) in [
+            (
+                "http://127.0.0.1:8080/webhooks/segmind/tok3n",
+                "http://127.0.0.1:8080/webhooks/segmind/[token]",
+            ),
+            (
+                "https://h.example/webhooks/segmind/tok3n/?x=tok3n#tok3n",
+                "https://h.example/webhooks/segmind/[token]/",
+            ),
+            (
+                "http://user:tok3n@h.example/tok3n",
+                "http://h.example/[token]",
+            ),
+            ("tok3n", "the given URL (not a valid URL)"),
+        ] {
+            assert_eq!(redact_url(url), shown);
+        }
     }
 }

@@ -45,7 +45,8 @@ pub struct ReconcileState {
     pub last_pass_finished_at: Option<String>,
     pub last_success_at: Option<String>,
     /// `auth_failed`, `rate_limited`, `server_error`, `timeout`,
-    /// `unreachable`, `undecodable`, `rejected` or `database`.
+    /// `unreachable`, `undecodable`, `redirected`, `too_large`, `rejected`
+    /// or `database`.
     pub last_error_kind: Option<&'static str>,
     pub last_error: Option<String>,
     pub passes: u64,
@@ -95,6 +96,8 @@ impl PassError {
                 SegmindError::Timeout => "timeout",
                 SegmindError::Unreachable(_) => "unreachable",
                 SegmindError::Undecodable { .. } => "undecodable",
+                SegmindError::Redirected { .. } => "redirected",
+                SegmindError::TooLarge { .. } => "too_large",
             },
         }
     }
@@ -114,12 +117,20 @@ pub struct Reconciler {
 }
 
 impl Reconciler {
-    pub fn new(settings: &Settings, store: Store) -> Reconciler {
-        let client = settings.segmind.api_key.clone().map(|key| {
-            SegmindClient::new(&settings.segmind.base_url, key, settings.segmind.timeout)
-        });
+    /// Fails when the HTTP client for Segmind cannot be built: a startup
+    /// error, never a client without its limits.
+    pub fn new(settings: &Settings, store: Store) -> Result<Reconciler, reqwest::Error> {
+        let client = settings
+            .segmind
+            .api_key
+            .clone()
+            .map(|key| {
+                SegmindClient::new(&settings.segmind.base_url, key, settings.segmind.timeout)
+                    .map(|c| c.with_max_response_bytes(settings.segmind.max_response_bytes))
+            })
+            .transpose()?;
         let (enrich_tx, enrich_rx) = mpsc::channel(ENRICH_QUEUE);
-        Reconciler {
+        Ok(Reconciler {
             state: Mutex::new(ReconcileState {
                 enabled: client.is_some(),
                 interval_seconds: settings.reconcile.interval.as_secs(),
@@ -133,7 +144,7 @@ impl Reconciler {
             pass_lock: tokio::sync::Mutex::new(()),
             enrich_tx,
             enrich_rx: Mutex::new(Some(enrich_rx)),
-        }
+        })
     }
 
     /// The client for Segmind's API, when a key is configured.

@@ -791,3 +791,43 @@ async fn kill_9_under_load_loses_no_acknowledged_webhook_and_every_transition_is
             .expect("terminate");
     assert!(status.success());
 }
+
+// ---- Redaction: no command prints a token, whatever fails ----
+
+/// A port on 127.0.0.1 that nothing listens on.
+fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    drop(listener);
+    port
+}
+
+#[test]
+fn send_test_event_to_a_closed_port_does_not_print_the_token() {
+    let dir = tempfile::tempdir().expect("dir");
+    let port = closed_port();
+    let token = "ingest-token-that-must-not-print-0123456789";
+    for url in [
+        format!("http://127.0.0.1:{port}/webhooks/segmind/{token}"),
+        format!("http://127.0.0.1:{port}/webhooks/segmind/{token}/?again={token}"),
+        format!("http://user:{token}@127.0.0.1:{port}/webhooks/segmind/{token}"),
+    ] {
+        let (ok, out, err) = run(tunehook(dir.path()).args([
+            "send-test-event",
+            &url,
+            "--event",
+            "AVAILABLE",
+            "--finetune-id",
+            "ft",
+        ]));
+        assert!(!ok, "nothing listens on {port}");
+        assert!(
+            err.contains("cannot reach") && err.contains("[token]"),
+            "says what failed: {err}"
+        );
+        assert!(
+            !out.contains(token) && !err.contains(token),
+            "the token is printed:\n{out}\n{err}"
+        );
+    }
+}

@@ -217,6 +217,8 @@ pub struct SegmindSettings {
     /// Limit for one call to Segmind's API.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// Answers larger than this many bytes fail the call.
+    pub max_response_bytes: u64,
 }
 
 impl Default for SegmindSettings {
@@ -225,6 +227,7 @@ impl Default for SegmindSettings {
             api_key: None,
             base_url: "https://api.segmind.com".into(),
             timeout: Duration::from_secs(30),
+            max_response_bytes: crate::segmind::DEFAULT_MAX_RESPONSE_BYTES,
         }
     }
 }
@@ -389,6 +392,9 @@ impl Settings {
                 "segmind.base_url: `{}` is not an http(s) URL",
                 self.segmind.base_url
             ));
+        }
+        if self.segmind.max_response_bytes == 0 {
+            return invalid("segmind.max_response_bytes must be greater than 0".into());
         }
         if self.reconcile.interval.is_zero() || self.segmind.timeout.is_zero() {
             return invalid("reconcile.interval and segmind.timeout must be greater than 0".into());

@@ -66,6 +66,10 @@ pub struct SinkSettings {
     pub program: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub args: Vec<String>,
+    /// Extra environment variables (command sinks), which otherwise get
+    /// only a few of tunehook's own; their values are treated as secrets.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, Secret>,
     /// Overrides `delivery.timeout`.
     #[serde(
         default,
@@ -223,6 +227,7 @@ pub fn validate(delivery: &DeliverySettings, sinks: &[SinkSettings]) -> Result<(
                 ));
             }
         }
+        validate_env(&label, sink)?;
         if let Some(statuses) = &sink.statuses {
             if let Some(bad) = statuses.iter().find(|s| Status::parse(s).is_none()) {
                 return invalid(format!("{label}: statuses: `{bad}` is not a status name"));
@@ -244,6 +249,46 @@ pub fn validate(delivery: &DeliverySettings, sinks: &[SinkSettings]) -> Result<(
         }
         if sink.timeout.is_some_and(|t| t.is_zero()) {
             return invalid(format!("{label}: timeout must be greater than 0"));
+        }
+    }
+    Ok(())
+}
+
+/// The names tunehook sets for a command itself.
+const RESERVED_ENV_PREFIX: &str = "TUNEHOOK_";
+
+/// `env` is for command sinks; its names are portable shell names that do
+/// not shadow the event's variables, and its values can be passed on.
+fn validate_env(label: &str, sink: &SinkSettings) -> Result<(), ConfigError> {
+    if sink.env.is_empty() {
+        return Ok(());
+    }
+    if sink.kind != "command" {
+        return invalid(format!(
+            "{label}: env is only for kind `command`, not `{}`",
+            sink.kind
+        ));
+    }
+    for (name, value) in &sink.env {
+        let portable = name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !portable {
+            return invalid(format!(
+                "{label}: env: `{name}` is not a variable name (letters, digits and `_`, not starting with a digit)"
+            ));
+        }
+        if name.to_ascii_uppercase().starts_with(RESERVED_ENV_PREFIX) {
+            return invalid(format!(
+                "{label}: env: `{name}` is reserved: tunehook sets the {RESERVED_ENV_PREFIX}* variables itself"
+            ));
+        }
+        if value.expose().contains('\0') {
+            return invalid(format!(
+                "{label}: env: the value of `{name}` contains a NUL character"
+            ));
         }
     }
     Ok(())
@@ -292,5 +337,68 @@ mod optional_durations {
         deserializer: D,
     ) -> Result<Option<Vec<Duration>>, D::Error> {
         durations::deserialize(deserializer).map(Some)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(toml_text: &str) -> Result<(), String> {
+        let sink: SinkSettings = toml::from_str(toml_text).map_err(|e| e.to_string())?;
+        validate(&DeliverySettings::default(), &[sink]).map_err(|e| e.to_string())
+    }
+
+    const COMMAND: &str = "name = \"c\"\nkind = \"command\"\nprogram = \"sh\"\n";
+
+    #[test]
+    fn a_command_sink_takes_an_env_table() {
+        check(&format!(
+            "{COMMAND}env = {{ API_URL = \"x\", _low = \"y\" }}"
+        ))
+        .expect("valid");
+    }
+
+    #[test]
+    fn env_is_refused_on_other_kinds() {
+        let error = check("name = \"h\"\nkind = \"http\"\nurl = \"http://x\"\nenv = { A = \"1\" }")
+            .expect_err("refused");
+        assert!(
+            error.contains("sink `h`") && error.contains("env"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn env_names_must_be_variable_names_outside_tunehooks_own() {
+        for (name, why) in [
+            ("\"1A\"", "not a variable name"),
+            ("\"A-B\"", "not a variable name"),
+            ("\"A=B\"", "not a variable name"),
+            ("\"\"", "not a variable name"),
+            ("TUNEHOOK_STATUS", "reserved"),
+            ("tunehook_event_id", "reserved"),
+        ] {
+            let error = check(&format!("{COMMAND}env = {{ {name} = \"v\" }}")).expect_err(name);
+            assert!(
+                error.contains("env") && error.contains(why),
+                "{name}: {error}"
+            );
+        }
+        let error = check(&format!("{COMMAND}env = {{ A = \"a\\u0000b\" }}")).expect_err("NUL");
+        assert!(error.contains("NUL"), "{error}");
+    }
+
+    #[test]
+    fn env_values_are_never_shown() {
+        let sink: SinkSettings =
+            toml::from_str(&format!("{COMMAND}env = {{ TOKEN = \"s3cr3t-value\" }}"))
+                .expect("toml");
+        let shown = toml::to_string(&sink).expect("toml");
+        assert!(
+            !shown.contains("s3cr3t-value") && shown.contains("TOKEN"),
+            "{shown}"
+        );
+        assert!(!format!("{sink:?}").contains("s3cr3t-value"));
     }
 }

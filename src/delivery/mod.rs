@@ -50,21 +50,25 @@ pub fn routes(sinks: &[SinkSettings]) -> Vec<SinkRoute> {
 }
 
 /// The client for `http`, `slack` and `discord` sinks: explicit timeouts, a
-/// bounded pool, no redirects.
-pub fn http_client(settings: &DeliverySettings) -> reqwest::Client {
+/// bounded pool, no redirects. Failing to build it is a startup error: a
+/// default client would follow redirects and have no timeouts.
+pub fn http_client(settings: &DeliverySettings) -> Result<reqwest::Client, reqwest::Error> {
     reqwest::Client::builder()
         .user_agent(concat!("tunehook/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(settings.timeout.min(Duration::from_secs(10)))
         .pool_max_idle_per_host(settings.concurrency)
         .redirect(reqwest::redirect::Policy::none())
         .build()
-        .unwrap_or_default()
+        .map_err(reqwest::Error::without_url)
 }
 
-pub fn build_sinks(delivery: &DeliverySettings, settings: &[SinkSettings]) -> Vec<Arc<Sink>> {
-    let client = http_client(delivery);
+pub fn build_sinks(
+    delivery: &DeliverySettings,
+    settings: &[SinkSettings],
+) -> Result<Vec<Arc<Sink>>, reqwest::Error> {
+    let client = http_client(delivery)?;
     let share = (delivery.concurrency / settings.len().max(1)).max(1);
-    settings
+    Ok(settings
         .iter()
         .map(|s| {
             Arc::new(Sink {
@@ -75,7 +79,7 @@ pub fn build_sinks(delivery: &DeliverySettings, settings: &[SinkSettings]) -> Ve
                 concurrency: share,
             })
         })
-        .collect()
+        .collect())
 }
 
 /// Runs one worker per sink until `shutdown`; then lets attempts in flight

@@ -1,14 +1,18 @@
 //! When to try a delivery again: the schedule's next wait with ±20% jitter,
-//! or the wait the receiver asked for with `Retry-After`, within bounds.
+//! or longer when the receiver asked for more with `Retry-After`, within
+//! bounds. A receiver can slow the schedule down but never speed it up, so a
+//! `Retry-After: 0` does not spend every attempt within a second.
 
 use std::time::Duration;
 
-/// The longest `Retry-After` honoured; longer requests wait this long.
+/// The longest wait a `Retry-After` can ask for; longer requests wait this long.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(6 * 3600);
 
 /// The wait before the next attempt after `failed_attempts` failures (since
 /// the schedule began), or `None` when the schedule is exhausted and the
-/// delivery is dead. `jitter` is a number in [-1, 1] scaling ±20%.
+/// delivery is dead. `jitter` is a number in [-1, 1] scaling ±20%. The wait
+/// is the larger of the planned one (with jitter) and `retry_after`, which is
+/// capped at [`MAX_RETRY_AFTER`]; a planned wait longer than the cap stands.
 pub fn next_wait(
     schedule: &[Duration],
     failed_attempts: usize,
@@ -16,11 +20,10 @@ pub fn next_wait(
     jitter: f64,
 ) -> Option<Duration> {
     let planned = *schedule.get(failed_attempts.checked_sub(1)?)?;
-    if let Some(asked) = retry_after {
-        return Some(asked.min(MAX_RETRY_AFTER));
-    }
     let factor = 1.0 + 0.2 * jitter.clamp(-1.0, 1.0);
-    Some(planned.mul_f64(factor))
+    let planned = planned.mul_f64(factor);
+    let asked = retry_after.unwrap_or(Duration::ZERO).min(MAX_RETRY_AFTER);
+    Some(planned.max(asked))
 }
 
 /// Reads a `Retry-After` value: seconds, or an HTTP date.
@@ -69,7 +72,7 @@ mod tests {
     }
 
     #[test]
-    fn retry_after_replaces_the_planned_wait_within_bounds() {
+    fn a_longer_retry_after_lengthens_the_planned_wait_within_bounds() {
         assert_eq!(
             next_wait(&S, 1, Some(Duration::from_secs(60)), 0.5),
             Some(Duration::from_secs(60))
@@ -77,6 +80,27 @@ mod tests {
         assert_eq!(
             next_wait(&S, 1, Some(Duration::from_secs(10 * 86400)), 0.0),
             Some(MAX_RETRY_AFTER)
+        );
+    }
+
+    #[test]
+    fn a_shorter_retry_after_never_shortens_the_planned_wait() {
+        assert_eq!(
+            next_wait(&S, 1, Some(Duration::ZERO), 0.0),
+            Some(Duration::from_secs(5))
+        );
+        assert_eq!(
+            next_wait(&S, 2, Some(Duration::from_secs(1)), 1.0),
+            Some(Duration::from_secs(36))
+        );
+    }
+
+    #[test]
+    fn a_planned_wait_beyond_the_cap_is_kept() {
+        let long = [Duration::from_secs(8 * 3600)];
+        assert_eq!(
+            next_wait(&long, 1, Some(Duration::from_secs(10 * 86400)), 0.0),
+            Some(Duration::from_secs(8 * 3600))
         );
     }
 

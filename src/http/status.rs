@@ -59,7 +59,7 @@ pub async fn status(State(state): State<AppState>) -> Result<Json<Status>, ApiEr
 #[utoipa::path(post, path = "/v1/reconcile", tag = "status", security(("bearer" = [])),
     responses((status = 200, description = "The pass's summary", body = PassReport), (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
         (status = 409, description = "The reconciler is off (no SEGMIND_API_KEY)", body = ErrorBody),
-        (status = 502, description = "Segmind failed; `code` says how (auth_failed, rate_limited, server_error, timeout, unreachable, undecodable, rejected)", body = ErrorBody), (status = 503, description = "The database cannot take the write; retry", body = ErrorBody)))]
+        (status = 502, description = "Segmind failed; `code` says how (auth_failed, rate_limited, server_error, timeout, unreachable, undecodable, redirected, too_large, rejected)", body = ErrorBody), (status = 503, description = "The database cannot take the write; retry", body = ErrorBody)))]
 pub async fn reconcile(State(state): State<AppState>) -> Result<Json<PassReport>, ApiError> {
     state
         .reconciler

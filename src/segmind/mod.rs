@@ -1,5 +1,13 @@
 //! The client for Segmind's fine-tune API: all five documented endpoints,
 //! authenticated with `x-api-key`, with typed errors.
+//!
+//! The key goes to `segmind.base_url` and nowhere else. reqwest drops
+//! `Authorization` on a redirect to another host but keeps every other
+//! header, `x-api-key` included, and allows https → http; so this client
+//! follows no redirect, and a 3xx is an error naming only the status and
+//! the host it pointed to. Answers are read up to `segmind.max_response_bytes`,
+//! so a misbehaving API or proxy cannot fill the memory. No error carries a
+//! URL: a base URL may hold credentials of its own.
 
 mod types;
 
@@ -14,6 +22,9 @@ use std::time::Duration;
 
 /// Most characters of an undecodable body quoted in an error.
 const SNIPPET: usize = 200;
+
+/// The largest answer read by default (`segmind.max_response_bytes`).
+pub const DEFAULT_MAX_RESPONSE_BYTES: u64 = 64 * 1024 * 1024;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum SegmindError {
@@ -36,6 +47,12 @@ pub enum SegmindError {
     Unreachable(String),
     #[error("Segmind's answer could not be read: {snippet}")]
     Undecodable { snippet: String },
+    #[error(
+        "Segmind answered {status}, a redirect to {host}; redirects are not followed, so the API key is not sent there (check segmind.base_url)"
+    )]
+    Redirected { status: u16, host: String },
+    #[error("Segmind's answer is larger than segmind.max_response_bytes ({limit} bytes)")]
+    TooLarge { limit: u64 },
 }
 
 impl SegmindError {
@@ -64,22 +81,38 @@ pub struct SegmindClient {
     http: reqwest::Client,
     base_url: String,
     api_key: Secret,
+    max_response_bytes: u64,
 }
 
 impl SegmindClient {
-    pub fn new(base_url: &str, api_key: Secret, timeout: Duration) -> SegmindClient {
+    /// A client for the API at `base_url`. Fails only when the HTTP client
+    /// cannot be built (its TLS backend), which is a startup error: a
+    /// default client would follow redirects and have no timeouts.
+    pub fn new(
+        base_url: &str,
+        api_key: Secret,
+        timeout: Duration,
+    ) -> Result<SegmindClient, reqwest::Error> {
         let http = reqwest::Client::builder()
             .user_agent(concat!("tunehook/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(timeout.min(Duration::from_secs(10)))
             .timeout(timeout)
             .pool_max_idle_per_host(4)
+            .redirect(reqwest::redirect::Policy::none())
             .build()
-            .unwrap_or_default();
-        SegmindClient {
+            .map_err(reqwest::Error::without_url)?;
+        Ok(SegmindClient {
             http,
             base_url: base_url.trim_end_matches('/').to_owned(),
             api_key,
-        }
+            max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
+        })
+    }
+
+    /// Answers larger than `limit` bytes fail with [`SegmindError::TooLarge`].
+    pub fn with_max_response_bytes(mut self, limit: u64) -> SegmindClient {
+        self.max_response_bytes = limit;
+        self
     }
 
     fn request(&self, method: Method, path: &str) -> RequestBuilder {
@@ -90,7 +123,7 @@ impl SegmindClient {
 
     /// `POST /finetune/request/submit`.
     pub async fn submit(&self, request: &SubmitRequest) -> Result<SubmitResponse, SegmindError> {
-        decode(
+        self.decode(
             self.request(Method::POST, "/finetune/request/submit")
                 .json(request),
         )
@@ -100,23 +133,25 @@ impl SegmindClient {
     /// `GET /finetune/request/details` with `{"request_id": ID}` as its body.
     pub async fn details(&self, finetune_id: &str) -> Result<Option<RemoteJob>, SegmindError> {
         let body = serde_json::json!({ "request_id": finetune_id });
-        let answer: DetailsResponse = decode(
-            self.request(Method::GET, "/finetune/request/details")
-                .json(&body),
-        )
-        .await?;
+        let answer: DetailsResponse = self
+            .decode(
+                self.request(Method::GET, "/finetune/request/details")
+                    .json(&body),
+            )
+            .await?;
         Ok(answer.finetune)
     }
 
     /// `GET /finetune/request/list`.
     pub async fn list(&self) -> Result<Vec<RemoteJob>, SegmindError> {
-        decode(self.request(Method::GET, "/finetune/request/list")).await
+        self.decode(self.request(Method::GET, "/finetune/request/list"))
+            .await
     }
 
     /// `GET /finetune/request/upload/pre-signed-url` with `{"name": FILE}`.
     pub async fn presigned_url(&self, file_name: &str) -> Result<PresignedUrl, SegmindError> {
         let body = serde_json::json!({ "name": file_name });
-        decode(
+        self.decode(
             self.request(Method::GET, "/finetune/request/upload/pre-signed-url")
                 .json(&body),
         )
@@ -133,64 +168,110 @@ impl SegmindClient {
                 .multipart(form),
         )
         .await?;
-        check(response).await.map(drop)
+        self.check(response).await.map(drop)
+    }
+
+    async fn decode<T: DeserializeOwned>(
+        &self,
+        request: RequestBuilder,
+    ) -> Result<T, SegmindError> {
+        let body = self.check(send(request).await?).await?;
+        serde_json::from_str(&body).map_err(|_| SegmindError::Undecodable {
+            snippet: snippet(&body),
+        })
+    }
+
+    /// The body of a 2xx answer, or the typed error for any other.
+    async fn check(&self, response: Response) -> Result<String, SegmindError> {
+        let status = response.status();
+        if status.is_redirection() {
+            return Err(SegmindError::Redirected {
+                status: status.as_u16(),
+                host: location_host(&response),
+            });
+        }
+        let wait = retry_wait(&response);
+        let body = read_capped(response, self.max_response_bytes).await?;
+        if status.is_success() {
+            return Ok(body);
+        }
+        let message = error_message(&body, status);
+        Err(match status {
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => SegmindError::Unauthorized {
+                status: status.as_u16(),
+                message,
+            },
+            StatusCode::NOT_ACCEPTABLE => SegmindError::InsufficientCredits { message },
+            StatusCode::TOO_MANY_REQUESTS => SegmindError::RateLimited { wait, message },
+            s if s.is_server_error() => SegmindError::Server {
+                status: s.as_u16(),
+                message,
+            },
+            s => SegmindError::Rejected {
+                status: s.as_u16(),
+                message,
+            },
+        })
     }
 }
 
 async fn send(request: RequestBuilder) -> Result<Response, SegmindError> {
-    request.send().await.map_err(|e| {
-        if e.is_timeout() {
-            SegmindError::Timeout
-        } else {
-            let mut cause = e.to_string();
-            let mut source = std::error::Error::source(&e);
-            while let Some(inner) = source {
-                cause = inner.to_string();
-                source = inner.source();
-            }
-            SegmindError::Unreachable(cause)
-        }
-    })
+    request.send().await.map_err(transport)
 }
 
-/// The body of a 2xx answer, or the typed error for any other.
-async fn check(response: Response) -> Result<String, SegmindError> {
-    let status = response.status();
-    let wait = retry_wait(&response);
-    let body = response.text().await.map_err(|e| {
-        if e.is_timeout() {
-            SegmindError::Timeout
-        } else {
-            SegmindError::Unreachable(e.to_string())
-        }
-    })?;
-    if status.is_success() {
-        return Ok(body);
+/// A transport error, without the URL it was for.
+fn transport(error: reqwest::Error) -> SegmindError {
+    if error.is_timeout() {
+        return SegmindError::Timeout;
     }
-    let message = error_message(&body, status);
-    Err(match status {
-        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => SegmindError::Unauthorized {
-            status: status.as_u16(),
-            message,
-        },
-        StatusCode::NOT_ACCEPTABLE => SegmindError::InsufficientCredits { message },
-        StatusCode::TOO_MANY_REQUESTS => SegmindError::RateLimited { wait, message },
-        s if s.is_server_error() => SegmindError::Server {
-            status: s.as_u16(),
-            message,
-        },
-        s => SegmindError::Rejected {
-            status: s.as_u16(),
-            message,
-        },
-    })
+    let error = error.without_url();
+    let mut cause = error.to_string();
+    let mut source = std::error::Error::source(&error);
+    while let Some(inner) = source {
+        cause = inner.to_string();
+        source = inner.source();
+    }
+    SegmindError::Unreachable(cause)
 }
 
-async fn decode<T: DeserializeOwned>(request: RequestBuilder) -> Result<T, SegmindError> {
-    let body = check(send(request).await?).await?;
-    serde_json::from_str(&body).map_err(|_| SegmindError::Undecodable {
-        snippet: snippet(&body),
-    })
+/// The body, read in chunks and given up on as soon as it passes `limit`
+/// (at once when its `Content-Length` already does).
+async fn read_capped(mut response: Response, limit: u64) -> Result<String, SegmindError> {
+    let too_large = || SegmindError::TooLarge { limit };
+    if response
+        .content_length()
+        .is_some_and(|length| length > limit)
+    {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(transport)? {
+        if (body.len() + chunk.len()) as u64 > limit {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(String::from_utf8_lossy(&body).into_owned())
+}
+
+/// Where a redirect pointed: its host (and port when given), never its path
+/// or query, which may carry secrets.
+fn location_host(response: &Response) -> String {
+    let Some(location) = response.headers().get("location") else {
+        return "nowhere (no Location header)".into();
+    };
+    let target = location
+        .to_str()
+        .ok()
+        .and_then(|text| response.url().join(text).ok());
+    match target
+        .as_ref()
+        .and_then(|url| Some((url.host_str()?, url.port())))
+    {
+        Some((host, Some(port))) => format!("{host}:{port}"),
+        Some((host, None)) => host.to_owned(),
+        None => "an unreadable Location".into(),
+    }
 }
 
 /// Segmind's error bodies look like `{"error": "..."}`.

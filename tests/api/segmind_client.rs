@@ -11,7 +11,7 @@ use tunehook::{
 };
 
 fn client(fake: &FakeSegmind, key: &str) -> SegmindClient {
-    SegmindClient::new(&fake.url(), Secret::new(key), Duration::from_secs(2))
+    SegmindClient::new(&fake.url(), Secret::new(key), Duration::from_secs(2)).expect("a client")
 }
 
 #[tokio::test]

@@ -71,6 +71,11 @@ impl Target {
             "command" => Target::Command(command::CommandSink::new(
                 settings.program.clone().unwrap_or_default(),
                 settings.args.clone(),
+                settings
+                    .env
+                    .iter()
+                    .map(|(key, value)| (key.clone(), value.expose().to_owned()))
+                    .collect(),
             )),
             _ => Target::Http(http::HttpSink::new(client, url, settings)),
         }
