@@ -22,3 +22,12 @@ pub fn rfc3339_after(wait: std::time::Duration) -> String {
             .unwrap_or(chrono::DateTime::<Utc>::MAX_UTC),
     )
 }
+
+/// How long until `at` (an RFC 3339 time); zero when it has passed or
+/// cannot be read.
+pub fn until(at: &str) -> std::time::Duration {
+    chrono::DateTime::parse_from_rfc3339(at)
+        .ok()
+        .and_then(|at| (at.with_timezone(&Utc) - Utc::now()).to_std().ok())
+        .unwrap_or(std::time::Duration::ZERO)
+}

@@ -214,7 +214,7 @@ async fn work(sink: Arc<Sink>, store: Store, shutdown: CancellationToken, grace:
             POLL
         } else {
             match store.next_due_after(&sink.name, &now).await {
-                Ok(Some(at)) => until(&at).min(POLL),
+                Ok(Some(at)) => crate::time::until(&at).min(POLL),
                 _ => POLL,
             }
         };
@@ -246,18 +246,6 @@ async fn work(sink: Arc<Sink>, store: Store, shutdown: CancellationToken, grace:
         flight.attempts.abort_all();
         flight.records.abort_all();
     }
-}
-
-/// How long until `at` (an RFC 3339 time); zero when it has passed.
-fn until(at: &str) -> Duration {
-    chrono::DateTime::parse_from_rfc3339(at)
-        .ok()
-        .and_then(|at| {
-            (at.with_timezone(&chrono::Utc) - chrono::Utc::now())
-                .to_std()
-                .ok()
-        })
-        .unwrap_or(Duration::ZERO)
 }
 
 /// One attempt; answers its record, with what follows it.

@@ -174,21 +174,26 @@ mod tests {
     use crate::domain::{JobFields, Status};
     use serde_json::Value;
 
-    #[test]
-    fn the_event_has_the_documented_shape() {
-        let job = Job {
+    /// An AVAILABLE job with these fields.
+    fn available(fields: JobFields) -> Job {
+        Job {
             finetune_id: "ft".into(),
             status: Status::parse("AVAILABLE").expect("valid"),
-            fields: JobFields {
-                name: Some("n".into()),
-                ..Default::default()
-            },
+            fields,
             first_seen_at: "t0".into(),
             updated_at: "t1".into(),
             recorded: Default::default(),
             webhook_status: None,
             segmind_status: None,
-        };
+        }
+    }
+
+    #[test]
+    fn the_event_has_the_documented_shape() {
+        let job = available(JobFields {
+            name: Some("n".into()),
+            ..Default::default()
+        });
         let event: Value = serde_json::from_str(&status_changed(
             "tr_1",
             "t1",
@@ -210,19 +215,10 @@ mod tests {
 
     #[test]
     fn the_update_event_names_the_changed_fields() {
-        let job = Job {
-            finetune_id: "ft".into(),
-            status: Status::parse("AVAILABLE").expect("valid"),
-            fields: JobFields {
-                inference_api_url: Some("https://i".into()),
-                ..Default::default()
-            },
-            first_seen_at: "t0".into(),
-            updated_at: "t1".into(),
-            recorded: Default::default(),
-            webhook_status: None,
-            segmind_status: None,
-        };
+        let job = available(JobFields {
+            inference_api_url: Some("https://i".into()),
+            ..Default::default()
+        });
         let event: Value = serde_json::from_str(&updated(
             "ev_1",
             "t1",
