@@ -1,6 +1,14 @@
 //! Builds the service from `Settings`: opens the store, settles the tokens,
 //! binds the listener (port 0 in tests) and runs until the shutdown token is
-//! cancelled, then drains requests and closes the database in bounded time.
+//! cancelled, then drains requests and closes the database in bounded time:
+//! `server.shutdown_timeout` from the signal for the requests, workers and
+//! reconciler together, then a few seconds for the writer's last commit and
+//! checkpoint.
+//!
+//! Should the writer stop on its own (a panic, a database it can no longer
+//! use), every route answers 503 and, after a moment for health probes to
+//! see it, the service stops and `run` fails, so the process exits non-zero
+//! and is restarted rather than refusing every webhook while looking alive.
 
 use crate::{
     config::{Secret, Settings},
@@ -8,12 +16,22 @@ use crate::{
     delivery::{self, Sink},
     http::{self, AppState},
     reconcile::Reconciler,
-    store::Store,
+    store::{Store, WriterTask},
 };
 use anyhow::Context;
 use std::{net::SocketAddr, sync::Arc, time::Duration};
-use tokio::{net::TcpListener, task::JoinHandle};
+use tokio::{net::TcpListener, time::Instant};
 use tokio_util::sync::CancellationToken;
+
+/// How long every route answers 503 after the writer stopped, before the
+/// listener closes: enough for a health probe to see why.
+const FAILED_LINGER: Duration = Duration::from_secs(2);
+/// The least the workers and the reconciler get to stop, even when the
+/// request drain used the whole shutdown timeout.
+const WORKERS_GRACE: Duration = Duration::from_secs(1);
+/// How long the writer gets, after everything else, for its last commit
+/// and the final checkpoint.
+const WRITER_GRACE: Duration = Duration::from_secs(5);
 
 pub struct Application {
     listener: TcpListener,
@@ -22,7 +40,7 @@ pub struct Application {
     sinks: Vec<Arc<Sink>>,
     reconciler: Arc<Reconciler>,
     confirmer: Arc<Confirmer>,
-    writer: JoinHandle<()>,
+    writer: WriterTask,
     shutdown: CancellationToken,
     shutdown_timeout: Duration,
     header_read_timeout: Duration,
@@ -116,8 +134,10 @@ impl Application {
     }
 
     /// Serves until the shutdown token is cancelled; then stops accepting,
-    /// lets requests in flight finish (within `server.shutdown_timeout`) and
-    /// waits for the writer to commit what it holds and close the database.
+    /// lets requests in flight, delivery attempts and a reconcile pass
+    /// finish (within `server.shutdown_timeout` of the signal), and has the
+    /// writer commit what it holds and close the database. Fails when the
+    /// writer stopped on its own.
     pub async fn run(self) -> anyhow::Result<()> {
         let addr = self.local_addr();
         tracing::info!(%addr, "tunehook is listening");
@@ -125,13 +145,26 @@ impl Application {
             "register the webhook URL in the Segmind console: run `tunehook tokens` to print it"
         );
         let shutdown = self.shutdown.clone();
+        // The shutdown is measured from the moment it is asked for.
+        let asked = tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move {
+                shutdown.cancelled().await;
+                Instant::now()
+            }
+        });
+        let hurry = CancellationToken::new();
+        let watchdog = tokio::spawn(watch_writer(
+            self.store.writer_failed(),
+            shutdown.clone(),
+            hurry.clone(),
+        ));
         let deliveries = tokio::spawn(delivery::run(
             self.sinks,
             self.store.clone(),
             shutdown.clone(),
             self.shutdown_timeout,
         ));
-        drop(self.store);
         let reconciler = tokio::spawn(Arc::clone(&self.reconciler).run(shutdown.clone()));
         drop(self.reconciler);
         let confirmer = tokio::spawn(Arc::clone(&self.confirmer).run(shutdown.clone()));
@@ -142,15 +175,23 @@ impl Application {
             self.header_read_timeout,
             shutdown.clone(),
             self.shutdown_timeout,
+            hurry,
         )
         .await;
         if !drained {
             tracing::warn!("requests still in flight at the shutdown timeout were dropped");
         }
+        watchdog.abort();
+        let failure = self.store.writer_failure();
+        let asked = asked.await.unwrap_or_else(|_| Instant::now());
         // The reconciler and the delivery workers stopped with the server:
         // a pass in flight finishes, attempts in flight finish or stay
-        // pending. They share what is left of the shutdown timeout.
-        let deadline = tokio::time::Instant::now() + self.shutdown_timeout / 4;
+        // pending, within the same shutdown timeout as the requests.
+        let deadline = if failure.is_some() {
+            Instant::now() + WORKERS_GRACE
+        } else {
+            (asked + self.shutdown_timeout).max(Instant::now() + WORKERS_GRACE)
+        };
         if tokio::time::timeout_at(deadline, reconciler).await.is_err() {
             tracing::warn!("the reconciler did not stop in time");
         }
@@ -160,12 +201,37 @@ impl Application {
         if tokio::time::timeout_at(deadline, deliveries).await.is_err() {
             tracing::warn!("delivery workers did not stop in time");
         }
-        // The server and the workers released their handles on the store;
-        // the writer now commits what it holds and closes the database.
-        match tokio::time::timeout(self.shutdown_timeout, self.writer).await {
-            Ok(_) => tracing::info!("database closed; stopped"),
+        // The writer commits what it holds and closes the database, even
+        // if a request or a worker that did not stop in time still holds a
+        // handle on the store (its later writes get 503).
+        let writer_deadline = Instant::now() + WRITER_GRACE;
+        let _ = tokio::time::timeout_at(writer_deadline, self.store.close()).await;
+        drop(self.store);
+        match tokio::time::timeout_at(writer_deadline, self.writer.finished()).await {
+            Ok(Ok(())) => tracing::info!("database closed; stopped"),
+            Ok(Err(cause)) => anyhow::bail!("the database writer stopped: {cause}"),
             Err(_) => tracing::warn!("the database writer did not stop in time"),
+        }
+        if let Some(cause) = failure {
+            anyhow::bail!("the database writer stopped: {cause}");
         }
         Ok(())
     }
+}
+
+/// Once the writer has stopped on its own: says why, lets every route
+/// answer 503 for a moment, then stops the service with a short drain.
+async fn watch_writer(
+    failed: impl std::future::Future<Output = String>,
+    shutdown: CancellationToken,
+    hurry: CancellationToken,
+) {
+    let cause = failed.await;
+    tracing::error!(cause = %cause, "the database writer stopped: answering 503 and exiting so that tunehook is restarted");
+    tokio::select! {
+        () = shutdown.cancelled() => {}
+        () = tokio::time::sleep(FAILED_LINGER) => {}
+    }
+    hurry.cancel();
+    shutdown.cancel();
 }

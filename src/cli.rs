@@ -186,7 +186,10 @@ async fn reconcile(settings: Settings) -> anyhow::Result<()> {
     let result = reconciler.run_pass().await;
     drop(reconciler);
     drop(store);
-    writer.await.context("the database writer failed")?;
+    writer
+        .finished()
+        .await
+        .map_err(|cause| anyhow::anyhow!("the database writer failed: {cause}"))?;
     let report = result?;
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
@@ -198,7 +201,10 @@ async fn tokens(settings: Settings) -> anyhow::Result<()> {
         .with_context(|| format!("cannot open the database at {}", settings.database.url))?;
     let generated = store.generated_tokens().await?;
     drop(store);
-    writer.await.context("the database writer failed")?;
+    writer
+        .finished()
+        .await
+        .map_err(|cause| anyhow::anyhow!("the database writer failed: {cause}"))?;
 
     let (ingest, ingest_origin) = match &settings.ingest.token {
         Some(token) => (token.expose().to_owned(), "configured"),

@@ -150,6 +150,10 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
     open.merge(api)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            health::refuse_once_writer_stopped,
+        ))
         .with_state(state)
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,

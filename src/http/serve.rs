@@ -15,14 +15,20 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+/// How long requests in flight may still take once the drain is hurried.
+const HURRIED_DRAIN: Duration = Duration::from_secs(2);
+
 /// Serves `router` until `shutdown` is cancelled, then drains connections
-/// for at most `drain`. Returns whether every connection finished in time.
+/// for at most `drain`, or a short while once `hurry` is cancelled (the
+/// writer stopped: nothing in flight can succeed). Returns whether every
+/// connection finished in time.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     header_read_timeout: Duration,
     shutdown: CancellationToken,
     drain: Duration,
+    hurry: CancellationToken,
 ) -> bool {
     let graceful = GracefulShutdown::new();
     let mut builder = http1::Builder::new();
@@ -56,8 +62,13 @@ pub async fn serve(
     }
     drop(listener);
     tracing::info!("shutting down: finishing requests in flight");
+    let hurried = async {
+        hurry.cancelled().await;
+        tokio::time::sleep(HURRIED_DRAIN).await;
+    };
     tokio::select! {
         () = graceful.shutdown() => true,
         () = tokio::time::sleep(drain) => false,
+        () = hurried => false,
     }
 }

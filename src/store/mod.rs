@@ -41,8 +41,9 @@ use sqlx::{
     },
 };
 use std::{path::Path, str::FromStr, sync::Arc};
-use tokio::{sync::watch, task::JoinHandle};
+use tokio::sync::watch;
 use writer::{Output, Step, WriterHandle, mismatch};
+pub use writer::{PANIC_AFTER_VAR, WriterState, WriterTask};
 
 /// The migrations, embedded in the binary.
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
@@ -70,13 +71,13 @@ pub struct Store {
 
 impl Store {
     /// Opens (creating if needed) the database, applies the migrations and
-    /// starts the writer task. The task ends once every `Store` clone is
-    /// dropped, after committing what it holds; await the handle to know the
-    /// database is closed.
+    /// starts the writer thread. The writer ends on [`Store::close`] or once
+    /// every `Store` clone is dropped, after committing what it holds;
+    /// [`WriterTask::finished`] tells when the database is closed.
     pub async fn open(
         settings: &DatabaseSettings,
         routes: Vec<SinkRoute>,
-    ) -> Result<(Store, JoinHandle<()>), StoreError> {
+    ) -> Result<(Store, WriterTask), StoreError> {
         let options = connect_options(settings)?;
         create_parent_dir(options.get_filename())?;
         migrate(&options).await?;
@@ -100,7 +101,8 @@ impl Store {
             settings.max_batch,
             Arc::new(routes),
             outbox_tx,
-        );
+        )
+        .map_err(|e| StoreError::Unavailable(format!("cannot start the writer thread: {e}")))?;
         Ok((
             Store {
                 writer,
@@ -192,9 +194,40 @@ impl Store {
         }
     }
 
+    /// Asks the writer to commit what is queued and close the database;
+    /// later writes get 503. Wait on the [`WriterTask`] for the end.
+    pub async fn close(&self) {
+        self.writer.close().await;
+    }
+
+    /// Why the writer stopped, when it stopped for another reason than a
+    /// close: then nothing can be stored any more.
+    pub fn writer_failure(&self) -> Option<String> {
+        match &*self.writer.state().borrow() {
+            WriterState::Failed(cause) => Some(cause.clone()),
+            _ => None,
+        }
+    }
+
+    /// Resolves with the cause once the writer has stopped for another
+    /// reason than a close; never resolves otherwise.
+    pub fn writer_failed(&self) -> impl std::future::Future<Output = String> + Send + 'static {
+        let mut state = self.writer.state();
+        async move {
+            let failed = state
+                .wait_for(|s| matches!(s, WriterState::Failed(_)))
+                .await
+                .map(|s| s.clone());
+            match failed {
+                Ok(WriterState::Failed(cause)) => cause,
+                _ => std::future::pending().await,
+            }
+        }
+    }
+
     /// True when the database answers and every migration is applied.
     pub async fn ready(&self) -> bool {
-        if self.writer.is_closed() {
+        if *self.writer.state().borrow() != WriterState::Running {
             return false;
         }
         let applied: Result<i64, _> =

@@ -9,6 +9,12 @@
 //! Webhooks in a batch are stored together; when a constraint refuses that,
 //! they are stored one by one, each in its own savepoint, so only the one at
 //! fault is refused. Every other request runs in a savepoint of its own.
+//!
+//! The writer is the only way anything is stored, so its end is watched:
+//! [`WriterState`] says whether it runs, closed on request, or stopped for
+//! another reason (a panic, a database that can no longer be used). The
+//! service answers 503 and exits once it has stopped (see `app.rs`), so an
+//! orchestrator restarts it instead of it refusing every webhook forever.
 
 use super::{
     StoreError,
@@ -20,11 +26,8 @@ use super::{
     tokens::{self, Tokens},
 };
 use rusqlite::{Connection, ErrorCode, Transaction};
-use std::sync::Arc;
-use tokio::{
-    sync::{mpsc, oneshot, watch},
-    task::JoinHandle,
-};
+use std::{panic::AssertUnwindSafe, sync::Arc};
+use tokio::sync::{mpsc, oneshot, watch};
 
 /// Requests waiting for the writer beyond this make callers wait to queue.
 const QUEUE_DEPTH: usize = 8192;
@@ -38,6 +41,9 @@ pub(super) enum Step {
     Replay(Box<ReplayRequest>),
     Reconcile(Box<RemoteReport>),
     Settle(Vec<Settlement>),
+    /// Commit what came before, refuse what comes after, checkpoint and
+    /// close the database.
+    Close,
 }
 
 pub(super) enum Output {
@@ -54,9 +60,21 @@ pub(super) enum Output {
 
 type ReplyTo = oneshot::Sender<Result<Output, StoreError>>;
 
+/// Whether the writer runs, and how it ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriterState {
+    Running,
+    /// Closed on request (shutdown) or because every handle was dropped,
+    /// after committing what it held.
+    Closed,
+    /// Stopped for any other reason; nothing can be stored any more.
+    Failed(String),
+}
+
 #[derive(Clone)]
 pub(super) struct WriterHandle {
     tx: mpsc::Sender<(Step, ReplyTo)>,
+    state: watch::Receiver<WriterState>,
 }
 
 impl WriterHandle {
@@ -66,8 +84,36 @@ impl WriterHandle {
         answer.await.map_err(|_| closed())?
     }
 
-    pub fn is_closed(&self) -> bool {
-        self.tx.is_closed()
+    /// Asks the writer to commit what is queued before this and close.
+    pub async fn close(&self) {
+        let (reply, _) = oneshot::channel();
+        let _ = self.tx.send((Step::Close, reply)).await;
+    }
+
+    pub fn state(&self) -> watch::Receiver<WriterState> {
+        self.state.clone()
+    }
+}
+
+/// The writer's thread, to wait for its end.
+pub struct WriterTask {
+    state: watch::Receiver<WriterState>,
+}
+
+impl WriterTask {
+    /// Waits until the writer has ended: `Ok` once it closed the database,
+    /// the cause when it stopped for another reason.
+    pub async fn finished(mut self) -> Result<(), String> {
+        let ended = self
+            .state
+            .wait_for(|state| *state != WriterState::Running)
+            .await
+            .map(|state| state.clone());
+        match ended {
+            Ok(WriterState::Failed(cause)) => Err(cause),
+            Ok(_) => Ok(()),
+            Err(_) => Err("the database writer vanished".into()),
+        }
     }
 }
 
@@ -86,6 +132,30 @@ struct Writer {
     routes: Arc<Vec<SinkRoute>>,
     /// Bumped after each commit that made deliveries due.
     outbox: watch::Sender<u64>,
+    /// Test hook: see [`panic_after`].
+    panic_after: Option<u64>,
+    webhooks_stored: u64,
+}
+
+/// The environment variable of the test hook that makes the writer panic.
+pub const PANIC_AFTER_VAR: &str = "TUNEHOOK_TEST_WRITER_PANIC_AFTER";
+
+/// Test hook: with `TUNEHOOK_TEST_WRITER_PANIC_AFTER=N`, the writer panics
+/// on the first batch holding a webhook once it has stored N webhooks, so
+/// tests can watch the service notice its writer is gone and exit. Read
+/// only in debug builds: a release binary ignores the variable, so it
+/// cannot be used to stop a production service.
+fn panic_after() -> Option<u64> {
+    #[cfg(debug_assertions)]
+    {
+        std::env::var(PANIC_AFTER_VAR)
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+    }
+    #[cfg(not(debug_assertions))]
+    {
+        None
+    }
 }
 
 pub(super) fn spawn(
@@ -94,38 +164,99 @@ pub(super) fn spawn(
     max_batch: usize,
     routes: Arc<Vec<SinkRoute>>,
     outbox: watch::Sender<u64>,
-) -> (WriterHandle, JoinHandle<()>) {
+) -> std::io::Result<(WriterHandle, WriterTask)> {
     let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+    let (state_tx, state) = watch::channel(WriterState::Running);
     let writer = Writer {
         conn,
         checkpointer,
         routes,
         outbox,
+        panic_after: panic_after(),
+        webhooks_stored: 0,
     };
-    let task = tokio::task::spawn_blocking(move || writer.run(rx, max_batch.max(1)));
-    (WriterHandle { tx }, task)
+    // A thread of its own rather than tokio's blocking pool: the runtime
+    // waits for its blocking tasks when it shuts down, and a writer stuck on
+    // a dead disk must not keep the process from exiting.
+    std::thread::Builder::new()
+        .name("tunehook-writer".into())
+        .spawn(move || {
+            let ended =
+                std::panic::catch_unwind(AssertUnwindSafe(|| writer.run(rx, max_batch.max(1))));
+            let state = match ended {
+                Ok(Ok(())) => WriterState::Closed,
+                Ok(Err(cause)) => WriterState::Failed(cause),
+                Err(panic) => WriterState::Failed(format!(
+                    "the database writer panicked: {}",
+                    panic_message(panic.as_ref())
+                )),
+            };
+            if let WriterState::Failed(cause) = &state {
+                tracing::error!(cause = %cause, "the database writer stopped; nothing can be stored until tunehook restarts");
+            }
+            state_tx.send_replace(state);
+        })?;
+    Ok((WriterHandle { tx, state: state.clone() }, WriterTask { state }))
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".into())
 }
 
 impl Writer {
-    fn run(mut self, mut rx: mpsc::Receiver<(Step, ReplyTo)>, max_batch: usize) {
+    /// Commits batches until closed (`Ok`) or the database can no longer
+    /// be used (the cause).
+    fn run(
+        mut self,
+        mut rx: mpsc::Receiver<(Step, ReplyTo)>,
+        max_batch: usize,
+    ) -> Result<(), String> {
         let mut batch = Vec::with_capacity(max_batch);
+        let mut closing = false;
         while let Some(first) = rx.blocking_recv() {
-            batch.push(first);
-            while batch.len() < max_batch {
-                match rx.try_recv() {
-                    Ok(next) => batch.push(next),
-                    Err(_) => break,
+            let mut next = Some(first);
+            while let Some((step, reply)) = next.take() {
+                if matches!(step, Step::Close) {
+                    closing = true;
+                    break;
+                }
+                // A caller that went away before its step began (its
+                // client gave up, or its handler timed out) was answered
+                // nothing, so there is nothing to keep: skip it rather than
+                // hold its body and store it.
+                if reply.is_closed() {
+                    tracing::debug!("skipped a request whose caller went away");
+                } else {
+                    batch.push((step, reply));
+                }
+                if batch.len() < max_batch {
+                    next = rx.try_recv().ok();
                 }
             }
-            let started = std::time::Instant::now();
-            let size = batch.len();
-            self.commit_batch(&mut batch);
-            tracing::debug!(
-                size,
-                elapsed_us = started.elapsed().as_micros() as u64,
-                "batch committed"
-            );
+            if !batch.is_empty() {
+                self.test_hook(&batch);
+                let started = std::time::Instant::now();
+                let size = batch.len();
+                self.commit_batch(&mut batch)?;
+                tracing::debug!(
+                    size,
+                    elapsed_us = started.elapsed().as_micros() as u64,
+                    "batch committed"
+                );
+            }
+            if closing {
+                break;
+            }
         }
+        // Requests queued after the close are refused: dropping them
+        // answers their callers 503.
+        rx.close();
+        while rx.try_recv().is_ok() {}
+        drop(rx);
         // Everything is committed: fold the log into the database file, so
         // that the file alone holds it all once tunehook has stopped.
         self.checkpointer.stop();
@@ -138,15 +269,35 @@ impl Writer {
         if let Err((_, e)) = self.conn.close() {
             tracing::warn!(error = %e, "closing the database failed");
         }
+        Ok(())
+    }
+
+    /// The test hook (see [`panic_after`]).
+    fn test_hook(&mut self, batch: &[(Step, ReplyTo)]) {
+        let webhooks = batch
+            .iter()
+            .filter(|(step, _)| matches!(step, Step::Ingest(_)))
+            .count() as u64;
+        if let Some(limit) = self.panic_after {
+            if webhooks > 0 && self.webhooks_stored >= limit {
+                panic!("{PANIC_AFTER_VAR}={limit}: stopping the writer as asked");
+            }
+        }
+        self.webhooks_stored += webhooks;
     }
 
     /// Runs every step of `batch` in one transaction and answers them all
-    /// once it is committed (or all with 503 when it cannot be).
-    fn commit_batch(&mut self, batch: &mut Vec<(Step, ReplyTo)>) {
+    /// once it is committed (or all with 503 when it cannot be). Answers
+    /// the cause when the database can no longer be used at all.
+    fn commit_batch(&mut self, batch: &mut Vec<(Step, ReplyTo)>) -> Result<(), String> {
         let (steps, replies): (Vec<Step>, Vec<ReplyTo>) = batch.drain(..).unzip();
         let routes = Arc::clone(&self.routes);
         let results = match store_together(&mut self.conn, &steps, &routes) {
             Ok(outputs) => outputs.into_iter().map(Ok).collect(),
+            Err(e) if is_fatal(&e) => {
+                // Dropping the replies answers every caller 503.
+                return Err(format!("the database can no longer be used: {e}"));
+            }
             Err(e) => {
                 tracing::warn!(error = %e, steps = steps.len(), "a batch failed as a whole; storing its steps apart");
                 store_apart(&mut self.conn, &steps, &routes)
@@ -178,6 +329,23 @@ impl Writer {
             self.outbox
                 .send_modify(|generation| *generation = generation.wrapping_add(1));
         }
+        Ok(())
+    }
+}
+
+/// Errors after which no write can succeed on this connection: a file that
+/// is not (or no longer) a database, or that was moved or deleted under
+/// it. A full disk or a lock held elsewhere is not among them: those pass,
+/// and their webhooks get 503 meanwhile. A fresh start reopens the file.
+fn is_fatal(e: &rusqlite::Error) -> bool {
+    match e {
+        rusqlite::Error::SqliteFailure(failure, _) => {
+            matches!(
+                failure.code,
+                ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase
+            ) || failure.extended_code == rusqlite::ffi::SQLITE_READONLY_DBMOVED
+        }
+        _ => false,
     }
 }
 
@@ -398,6 +566,8 @@ fn run_step(conn: &Connection, step: &Step, routes: &[SinkRoute]) -> rusqlite::R
         Step::Replay(request) => Output::Replayed(outbox::replay(conn, request, routes)?),
         Step::Reconcile(report) => Output::Reconciled(reconcile::apply(conn, report, routes)?),
         Step::Settle(settlements) => Output::Settled(confirm::settle(conn, settlements, routes)?),
+        // The run loop takes it before any batch is formed.
+        Step::Close => return Err(rusqlite::Error::InvalidQuery),
     })
 }
 
