@@ -92,6 +92,7 @@ impl Application {
             webhook_permits: Arc::new(tokio::sync::Semaphore::new(
                 settings.server.max_concurrent_webhooks,
             )),
+            webhook_bytes: http::WebhookBytes::new(settings.server.max_pending_webhook_bytes),
             sinks: settings.sinks.clone(),
             ingest_token: ingest_token.clone(),
             api_token: api_token.clone(),

@@ -187,14 +187,21 @@ async fn when_the_writer_stops_the_service_answers_503_and_exits_non_zero() {
     // The service says so to health probes and to every client while it
     // is still up: no 2xx after the writer stopped.
     for path in ["/healthz", "/readyz", "/v1/jobs"] {
-        let response = client().get(server.url(path)).bearer_auth(API_TOKEN).send().await;
+        let response = client()
+            .get(server.url(path))
+            .bearer_auth(API_TOKEN)
+            .send()
+            .await;
         if let Ok(response) = response {
             assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE, "{path}");
         }
     }
 
     let (status, log) = server.wait_for_exit(Duration::from_secs(20));
-    assert!(!status.success(), "the process exits non-zero: {status:?}\n{log}");
+    assert!(
+        !status.success(),
+        "the process exits non-zero: {status:?}\n{log}"
+    );
     let stopped = log
         .lines()
         .filter_map(|line| serde_json::from_str::<Value>(line).ok())

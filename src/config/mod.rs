@@ -94,6 +94,9 @@ pub struct ServerSettings {
     pub max_body_bytes: usize,
     /// Webhooks handled at once; beyond this the answer is a quick 503.
     pub max_concurrent_webhooks: usize,
+    /// Bytes of webhook bodies waiting for the writer at once; beyond this
+    /// the answer is a quick 503.
+    pub max_pending_webhook_bytes: usize,
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
     /// A client must send its request headers within this.
@@ -110,6 +113,7 @@ impl Default for ServerSettings {
             public_url: String::new(),
             max_body_bytes: 1024 * 1024,
             max_concurrent_webhooks: 1024,
+            max_pending_webhook_bytes: 64 * 1024 * 1024,
             request_timeout: Duration::from_secs(30),
             header_read_timeout: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(20),
@@ -351,9 +355,12 @@ impl Settings {
                 self.server.listen
             ));
         }
-        if self.server.max_body_bytes == 0 || self.server.max_concurrent_webhooks == 0 {
+        if self.server.max_body_bytes == 0
+            || self.server.max_concurrent_webhooks == 0
+            || self.server.max_pending_webhook_bytes == 0
+        {
             return invalid(
-                "server.max_body_bytes and server.max_concurrent_webhooks must be greater than 0"
+                "server.max_body_bytes, server.max_concurrent_webhooks and server.max_pending_webhook_bytes must be greater than 0"
                     .into(),
             );
         }

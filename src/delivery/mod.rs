@@ -25,9 +25,6 @@ use tokio_util::sync::CancellationToken;
 /// The longest a worker sleeps before looking for due work again.
 const POLL: Duration = Duration::from_secs(1);
 
-/// How long a delivery whose attempt could not be recorded is held back.
-const RECORD_FAILED_WAIT: Duration = Duration::from_secs(5);
-
 /// A sink as the workers use it.
 pub struct Sink {
     pub name: String,
@@ -101,20 +98,24 @@ pub async fn run(
 /// sink (bounded by the sink's concurrency) and the records of finished
 /// attempts on their way to the database. A delivery stays here until its
 /// record is committed, so it is never taken twice, and while a job has a
-/// delivery here no other delivery of that job is started.
+/// delivery here no other delivery of that job is started. A delivery whose
+/// record could not be written (the database still says it is due) is held
+/// back until the time its schedule sets, then attempted again.
 #[derive(Default)]
 struct InFlight {
     /// Delivery id → its job.
     deliveries: HashMap<i64, String>,
     /// Task → the delivery it works on, to let go of it if the task panics.
     tasks: HashMap<task::Id, i64>,
-    attempts: JoinSet<AttemptRecord>,
-    records: JoinSet<i64>,
+    attempts: JoinSet<(AttemptRecord, Duration)>,
+    records: JoinSet<(i64, Option<Duration>)>,
+    /// Deliveries whose record failed → until when they are held back.
+    held: HashMap<i64, std::time::Instant>,
 }
 
 impl InFlight {
     fn is_empty(&self) -> bool {
-        self.deliveries.is_empty()
+        self.deliveries.len() == self.held.len()
     }
 
     fn holds(&self, delivery: &DueDelivery) -> bool {
@@ -123,6 +124,19 @@ impl InFlight {
                 .deliveries
                 .values()
                 .any(|job| *job == delivery.finetune_id)
+    }
+
+    /// Lets go of the held deliveries whose time has come.
+    fn release_held(&mut self) {
+        let now = std::time::Instant::now();
+        let deliveries = &mut self.deliveries;
+        self.held.retain(|id, until| {
+            let keep = *until > now;
+            if !keep {
+                deliveries.remove(id);
+            }
+            keep
+        });
     }
 
     fn start(&mut self, sink: &Arc<Sink>, delivery: DueDelivery) {
@@ -138,27 +152,38 @@ impl InFlight {
         &mut self,
         sink: &Arc<Sink>,
         store: &Store,
-        done: Result<(task::Id, AttemptRecord), task::JoinError>,
+        done: Result<(task::Id, (AttemptRecord, Duration)), task::JoinError>,
     ) {
         match done {
-            Ok((task, record)) => {
+            Ok((task, (record, hold))) => {
                 self.tasks.remove(&task);
                 let id = record.delivery_id;
-                let recording =
-                    self.records
-                        .spawn(record_attempt(Arc::clone(sink), store.clone(), record));
+                let recording = self.records.spawn(record_attempt(
+                    Arc::clone(sink),
+                    store.clone(),
+                    record,
+                    hold,
+                ));
                 self.tasks.insert(recording.id(), id);
             }
             Err(e) => self.lost(e.id()),
         }
     }
 
-    /// A record was written (or failed, or panicked): the delivery is free.
-    fn recorded(&mut self, done: Result<(task::Id, i64), task::JoinError>) {
+    /// A record was written (the delivery is free), failed (the delivery is
+    /// held back for a while), or panicked (free).
+    fn recorded(&mut self, done: Result<(task::Id, (i64, Option<Duration>)), task::JoinError>) {
         match done {
-            Ok((task, id)) => {
+            Ok((task, (id, hold))) => {
                 self.tasks.remove(&task);
-                self.deliveries.remove(&id);
+                match hold {
+                    Some(hold) => {
+                        self.held.insert(id, std::time::Instant::now() + hold);
+                    }
+                    None => {
+                        self.deliveries.remove(&id);
+                    }
+                }
             }
             Err(e) => self.lost(e.id()),
         }
@@ -180,6 +205,7 @@ async fn work(sink: Arc<Sink>, store: Store, shutdown: CancellationToken, grace:
     let mut flight = InFlight::default();
     tracing::info!(sink = %sink.name, "delivery worker started");
     loop {
+        flight.release_held();
         while let Some(done) = flight.attempts.try_join_next_with_id() {
             flight.attempted(&sink, &store, done);
         }
@@ -248,8 +274,9 @@ async fn work(sink: Arc<Sink>, store: Store, shutdown: CancellationToken, grace:
     }
 }
 
-/// One attempt; answers its record, with what follows it.
-async fn attempt(sink: Arc<Sink>, delivery: DueDelivery) -> AttemptRecord {
+/// One attempt; answers its record, with what follows it, and how long to
+/// hold the delivery back should the record fail to be written.
+async fn attempt(sink: Arc<Sink>, delivery: DueDelivery) -> (AttemptRecord, Duration) {
     let started_at = now_rfc3339();
     let clock = std::time::Instant::now();
     let result = sink.target.deliver(&delivery, sink.timeout).await;
@@ -280,7 +307,9 @@ async fn attempt(sink: Arc<Sink>, delivery: DueDelivery) -> AttemptRecord {
             tracing::error!(sink = %sink.name, delivery = delivery.id, error = result.error.as_deref().unwrap_or("-"), "delivery is dead after its last attempt")
         }
     }
-    AttemptRecord {
+    let jitter = rand::random::<f64>() * 2.0 - 1.0;
+    let hold = hold_if_unrecorded(&next, &sink.schedule, failures, jitter);
+    let record = AttemptRecord {
         delivery_id: delivery.id,
         started_at,
         finished_at: now_rfc3339(),
@@ -290,18 +319,82 @@ async fn attempt(sink: Arc<Sink>, delivery: DueDelivery) -> AttemptRecord {
         error: result.error,
         response: result.response,
         next,
+    };
+    (record, hold)
+}
+
+/// How long a delivery is held back when the record of its attempt (the
+/// `failures`-th in a row) cannot be written: the database still says it
+/// is due, so without a hold it would be sent again at once. A failed
+/// attempt waits the time its record would have set; a delivered or dead
+/// one, whose record is lost too, waits as a failure would, so that it is
+/// sent again on the schedule (at least once), not in a loop.
+fn hold_if_unrecorded(
+    next: &NextStep,
+    schedule: &[Duration],
+    failures: usize,
+    jitter: f64,
+) -> Duration {
+    match next {
+        NextStep::RetryAt(at) => crate::time::until(at),
+        NextStep::Delivered | NextStep::Dead => retry::next_wait(schedule, failures, None, jitter)
+            .or_else(|| schedule.last().copied())
+            .unwrap_or(POLL),
     }
 }
 
-/// Records an attempt and what follows it. Returns the delivery's id.
-async fn record_attempt(sink: Arc<Sink>, store: Store, record: AttemptRecord) -> i64 {
+/// Records an attempt and what follows it. Returns the delivery's id, and
+/// how long to hold it back when the record could not be written.
+async fn record_attempt(
+    sink: Arc<Sink>,
+    store: Store,
+    record: AttemptRecord,
+    hold: Duration,
+) -> (i64, Option<Duration>) {
     let id = record.delivery_id;
-    if let Err(e) = store.record_attempt(record).await {
-        // The delivery stays pending and is attempted again: at least once.
-        // Held back a while first, so a database that cannot take writes
-        // (a full disk) does not turn into a stream of resends.
-        tracing::error!(sink = %sink.name, delivery = id, error = %e, "cannot record an attempt");
-        tokio::time::sleep(RECORD_FAILED_WAIT).await;
+    match store.record_attempt(record).await {
+        Ok(()) => (id, None),
+        Err(e) => {
+            // The delivery stays pending and is attempted again: at least
+            // once, on its schedule, so a database that cannot take writes
+            // (a full disk) does not turn into a stream of resends.
+            tracing::error!(sink = %sink.name, delivery = id, error = %e, retry_in_ms = hold.as_millis() as u64, "cannot record an attempt; the delivery is attempted again on its schedule");
+            (id, Some(hold))
+        }
     }
-    id
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SCHEDULE: [Duration; 3] = [
+        Duration::from_secs(60),
+        Duration::from_secs(600),
+        Duration::from_secs(3600),
+    ];
+
+    #[test]
+    fn a_failed_attempt_whose_record_is_lost_waits_the_time_its_record_would_have_set() {
+        let at = crate::time::rfc3339_after(Duration::from_secs(600));
+        let hold = hold_if_unrecorded(&NextStep::RetryAt(at), &SCHEDULE, 2, 0.0);
+        assert!(
+            hold > Duration::from_secs(590) && hold <= Duration::from_secs(600),
+            "{hold:?}"
+        );
+    }
+
+    #[test]
+    fn a_delivered_attempt_whose_record_is_lost_is_sent_again_on_the_schedule() {
+        let hold = hold_if_unrecorded(&NextStep::Delivered, &SCHEDULE, 1, 0.0);
+        assert_eq!(hold, Duration::from_secs(60));
+        let hold = hold_if_unrecorded(&NextStep::Delivered, &SCHEDULE, 3, 0.0);
+        assert_eq!(hold, Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn a_dead_attempt_whose_record_is_lost_waits_the_longest_wait_of_the_schedule() {
+        let hold = hold_if_unrecorded(&NextStep::Dead, &SCHEDULE, 4, 0.0);
+        assert_eq!(hold, Duration::from_secs(3600));
+    }
 }

@@ -3,7 +3,7 @@
 //!
 //! - `POST /webhooks/segmind/{token}`: `webhooks`
 //! - `GET /v1/jobs`, `GET /v1/jobs/{finetune_id}`: `jobs`
-//! - `GET /v1/receipts`: `receipts`
+//! - `GET /v1/receipts`, `GET /v1/receipts/{id}`: `receipts`
 //! - `GET /v1/sinks`, `POST /v1/sinks/{name}/replay`: `sinks`
 //! - `GET /v1/deliveries`, `GET /v1/deliveries/{id}`, `POST /v1/deliveries/{id}/retry`: `deliveries`
 //! - `GET /v1/status`, `POST /v1/reconcile`: `status`
@@ -65,9 +65,43 @@ pub struct Inner {
     pub metrics_require_token: bool,
     /// Webhooks in flight; when none is left, webhooks get a quick 503.
     pub webhook_permits: Arc<tokio::sync::Semaphore>,
+    /// Bytes of webhook bodies waiting for the writer.
+    pub webhook_bytes: WebhookBytes,
     pub ingest_token: Secret,
     pub api_token: Secret,
     pub max_body_bytes: usize,
+}
+
+/// The memory webhooks waiting for the writer may hold, in KiB permits: a
+/// count of webhooks alone would let 1024 bodies of 1 MiB sit in memory.
+/// A webhook takes permits for its body before it is queued and gives them
+/// back when the writer has answered; when they run out it gets a quick 503.
+#[derive(Clone)]
+pub struct WebhookBytes {
+    permits: Arc<tokio::sync::Semaphore>,
+    total: u32,
+}
+
+impl WebhookBytes {
+    pub fn new(max_bytes: usize) -> WebhookBytes {
+        let total = u32::try_from(max_bytes.div_ceil(1024))
+            .unwrap_or(u32::MAX)
+            .clamp(1, tokio::sync::Semaphore::MAX_PERMITS as u32);
+        WebhookBytes {
+            permits: Arc::new(tokio::sync::Semaphore::new(total as usize)),
+            total,
+        }
+    }
+
+    /// Takes the permits for a body of `len` bytes, or `None` when too
+    /// many bytes are waiting already. A body larger than the whole budget
+    /// takes all of it, so it can still be stored alone.
+    pub fn try_take(&self, len: usize) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let kib = u32::try_from(len.div_ceil(1024))
+            .unwrap_or(u32::MAX)
+            .clamp(1, self.total);
+        Arc::clone(&self.permits).try_acquire_many_owned(kib).ok()
+    }
 }
 
 impl std::ops::Deref for AppState {
@@ -93,6 +127,7 @@ fn api_routes() -> Vec<Route> {
         (Method::GET, "/v1/jobs", get(jobs::list)),
         (Method::GET, "/v1/jobs/{finetune_id}", get(jobs::get)),
         (Method::GET, "/v1/receipts", get(receipts::list)),
+        (Method::GET, "/v1/receipts/{id}", get(receipts::get)),
         (Method::GET, "/v1/sinks", get(sinks::list)),
         (Method::POST, "/v1/sinks/{name}/replay", post(sinks::replay)),
         (Method::GET, "/v1/deliveries", get(deliveries::list)),

@@ -18,6 +18,7 @@ use utoipa::{
         super::jobs::list,
         super::jobs::get,
         super::receipts::list,
+        super::receipts::get,
         super::sinks::list,
         super::sinks::replay,
         super::deliveries::list,

@@ -1,10 +1,12 @@
-//! `GET /v1/receipts`: the webhook requests as they were received.
+//! `GET /v1/receipts` and `GET /v1/receipts/{id}`: the webhook requests as
+//! they were received. Lists carry the first 4 KiB of each body (bodies
+//! reach 1 MiB, a page 500 receipts); one receipt carries its whole body.
 
 use super::{
     AppState,
     error::ApiError,
     error::ErrorBody,
-    params::{self, ApiQuery},
+    params::{self, ApiPath, ApiQuery},
 };
 use crate::store::{Outcome, ReceiptFilter, ReceiptRow};
 use axum::{Json, extract::State};
@@ -38,9 +40,15 @@ pub struct Receipt {
     body_sha256: String,
     #[schema(value_type = Object)]
     headers: Value,
-    /// The body as JSON when it parses, else as (lossy UTF-8) text.
+    /// The body as JSON when it parses, else as (lossy UTF-8) text. In a
+    /// list, a body longer than 4 KiB is cut there and shown as text.
     #[schema(value_type = Object)]
     body: Value,
+    /// The whole body's length in bytes.
+    body_bytes: i64,
+    /// Whether `body` is only the start of it (`GET /v1/receipts/{id}`
+    /// gives the whole).
+    body_truncated: bool,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -49,7 +57,7 @@ pub struct ReceiptList {
     next_cursor: Option<String>,
 }
 
-/// Webhook requests as received, newest first.
+/// Webhook requests as received, newest first; bodies cut at 4 KiB.
 #[utoipa::path(get, path = "/v1/receipts", tag = "receipts", params(ListParams), security(("bearer" = [])),
     responses((status = 200, description = "A page of receipts", body = ReceiptList), (status = 400, description = "A bad parameter or body", body = ErrorBody), (status = 401, description = "Missing or wrong bearer token", body = ErrorBody)))]
 pub async fn list(
@@ -92,10 +100,34 @@ pub async fn list(
     }))
 }
 
+/// One webhook request as received, with its whole body.
+#[utoipa::path(get, path = "/v1/receipts/{id}", tag = "receipts", params(("id" = i64, Path, description = "The receipt's id")), security(("bearer" = [])),
+    responses((status = 200, description = "The receipt", body = Receipt), (status = 401, description = "Missing or wrong bearer token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody)))]
+pub async fn get(
+    State(state): State<AppState>,
+    ApiPath(raw): ApiPath<String>,
+) -> Result<Json<Receipt>, ApiError> {
+    // Ids are integers: any other text names no receipt.
+    let id: i64 = raw
+        .parse()
+        .map_err(|_| ApiError::NotFound(format!("no receipt with id `{raw}`")))?;
+    match state.store.receipt(id).await? {
+        Some(row) => Ok(Json(Receipt::from(row))),
+        None => Err(ApiError::NotFound(format!("no receipt with id {id}"))),
+    }
+}
+
 impl From<ReceiptRow> for Receipt {
     fn from(row: ReceiptRow) -> Receipt {
-        let body = serde_json::from_slice(&row.body)
-            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&row.body).into_owned()));
+        let body_truncated = (row.body.len() as i64) < row.body_bytes;
+        // A cut body is not JSON any more: show the start as text.
+        let parsed = if body_truncated {
+            None
+        } else {
+            serde_json::from_slice(&row.body).ok()
+        };
+        let body = parsed
+            .unwrap_or_else(|| Value::String(String::from_utf8_lossy(&row.body).into_owned()));
         Receipt {
             id: row.id,
             received_at: row.received_at,
@@ -108,6 +140,8 @@ impl From<ReceiptRow> for Receipt {
             body_sha256: row.body_sha256,
             headers: serde_json::from_str(&row.headers).unwrap_or(Value::Null),
             body,
+            body_bytes: row.body_bytes,
+            body_truncated,
         }
     }
 }

@@ -6,7 +6,7 @@ use super::{
     json::ApiJson,
     params::ApiPath,
 };
-use crate::store::{ReplayRequest, SinkHealth};
+use crate::store::{ReplayRequest, Replayed, SinkHealth};
 use axum::{Json, extract::State};
 use serde::{Deserialize, Serialize};
 
@@ -45,24 +45,30 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<SinkList>, ApiEr
     Ok(Json(SinkList { sinks }))
 }
 
+/// Events a replay takes when the request does not say.
+const DEFAULT_REPLAY_LIMIT: i64 = 10_000;
+/// The most events one replay request takes.
+const MAX_REPLAY_LIMIT: i64 = 100_000;
+
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReplayBody {
-    /// RFC 3339: events of transitions observed since then.
+    /// RFC 3339: events of transitions observed since then (inclusive).
     since: String,
     /// Only this job's events.
     finetune_id: Option<String>,
+    /// Events to take, 1 to 100,000; 10,000 when absent. A page runs on
+    /// past it to the last event observed at the same time.
+    limit: Option<i64>,
 }
 
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct Replayed {
-    enqueued: u64,
-}
-
-/// Enqueues past events to a sink again (its status filter applied).
+/// Enqueues past events to a sink again (its status filter applied),
+/// oldest first, one page at a time; an event with a delivery to the sink
+/// still pending is skipped, so sending the same request again is safe.
+/// Pass `next_since` as `since` to continue; it is `null` at the end.
 #[utoipa::path(post, path = "/v1/sinks/{name}/replay", tag = "sinks", params(("name" = String, Path, description = "The sink's name")),
     request_body = ReplayBody, security(("bearer" = [])),
-    responses((status = 200, description = "How many deliveries were enqueued", body = Replayed), (status = 400, description = "A bad parameter or body", body = ErrorBody), (status = 401, description = "Missing or wrong bearer token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 503, description = "The database cannot take the write; retry", body = ErrorBody)))]
+    responses((status = 200, description = "Deliveries enqueued, events skipped (already pending), and where the next page starts", body = Replayed), (status = 400, description = "A bad parameter or body", body = ErrorBody), (status = 401, description = "Missing or wrong bearer token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 503, description = "The database cannot take the write; retry", body = ErrorBody)))]
 pub async fn replay(
     State(state): State<AppState>,
     ApiPath(name): ApiPath<String>,
@@ -78,13 +84,21 @@ pub async fn replay(
         )
     })?;
     let since = crate::time::rfc3339(since.with_timezone(&chrono::Utc));
-    let enqueued = state
+    let limit = body.limit.unwrap_or(DEFAULT_REPLAY_LIMIT);
+    if !(1..=MAX_REPLAY_LIMIT).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "invalid_body",
+            format!("`limit` must be from 1 to {MAX_REPLAY_LIMIT}"),
+        ));
+    }
+    let replayed = state
         .store
         .replay(ReplayRequest {
             sink: name,
             since,
             finetune_id: body.finetune_id,
+            limit: u32::try_from(limit).unwrap_or(u32::MAX),
         })
         .await?;
-    Ok(Json(Replayed { enqueued }))
+    Ok(Json(replayed))
 }

@@ -85,6 +85,12 @@ async fn store(
         return Err(ApiError::Unauthorized);
     }
     let body = read_body(headers, body, state.max_body_bytes).await?;
+    // Held until the writer has answered (dropped at the end of this call).
+    let Some(_bytes) = state.webhook_bytes.try_take(body.len()) else {
+        return Err(ApiError::Unavailable(
+            "too many webhook bytes waiting to be stored".into(),
+        ));
+    };
     let payload = Payload::parse(&body).map_err(|e| e.to_string());
     let invalid = payload.as_ref().err().cloned();
     let request = IngestRequest {

@@ -25,10 +25,10 @@ pub use confirm::{ConfirmSummary, PendingClaim, Settlement, SettlementKind};
 pub use ingest::{IngestRequest, IngestResult, Outcome};
 pub use models::{DriftRow, JobRow, JobsPage, ReceiptRow, TransitionRow, UpdateRow};
 pub use outbox::{
-    AttemptRecord, AttemptRow, DeliveryFilter, DeliveryRow, DueDelivery, NextStep, ReplayRequest,
-    SinkHealth, SinkRoute, TransitionDelivery,
+    AttemptRecord, AttemptRow, DeliveryFilter, DeliveryRow, DueDelivery, NextStep, REPLAY_CHUNK,
+    ReplayRequest, Replayed, SinkHealth, SinkRoute, TransitionDelivery,
 };
-pub use queries::{JobFilter, ReceiptFilter};
+pub use queries::{JobFilter, RECEIPT_LIST_BODY_BYTES, ReceiptFilter};
 pub use reconcile::{NOT_FOUND, ReconcileSummary, RemoteObservation, RemoteReport};
 pub use tokens::Tokens;
 
@@ -146,14 +146,6 @@ impl Store {
     pub async fn retry_delivery(&self, id: i64) -> Result<bool, StoreError> {
         match self.writer.call(Step::RetryDelivery(id)).await? {
             Output::Retried(retried) => Ok(retried),
-            _ => Err(mismatch()),
-        }
-    }
-
-    /// Enqueues past events to one sink again; returns how many.
-    pub async fn replay(&self, request: ReplayRequest) -> Result<u64, StoreError> {
-        match self.writer.call(Step::Replay(Box::new(request))).await? {
-            Output::Replayed(count) => Ok(count),
             _ => Err(mismatch()),
         }
     }

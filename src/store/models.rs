@@ -59,11 +59,15 @@ pub struct UpdateRow {
     pub observed_at: String,
 }
 
+/// A receipt. In lists `body` holds only the first
+/// [`RECEIPT_LIST_BODY_BYTES`](crate::store::RECEIPT_LIST_BODY_BYTES) bytes;
+/// `body_bytes` is always the whole body's length.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ReceiptRow {
     pub id: i64,
     pub received_at: String,
     pub body: Vec<u8>,
+    pub body_bytes: i64,
     pub body_sha256: String,
     pub headers: String,
     pub outcome: String,

@@ -9,9 +9,12 @@
 //! found through an index without looking at the queue behind them, however
 //! long a sink outage made it.
 
-use super::{Store, StoreError};
+use super::{
+    Store, StoreError,
+    writer::{Output, Step, mismatch},
+};
 use crate::domain::{Status, event::EventType};
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 use sqlx::{QueryBuilder, Sqlite};
 use std::collections::BTreeMap;
@@ -173,23 +176,64 @@ pub(super) fn retry(conn: &Connection, id: i64) -> rusqlite::Result<bool> {
     Ok(updated == 1)
 }
 
-/// Past events to send again to one sink.
+/// Past events to send again to one sink: those observed
+/// at or after `since`, at most `limit` of them (the page may run on past
+/// `limit` to end between two times: see [`Store::replay`]).
 #[derive(Debug, Clone)]
 pub struct ReplayRequest {
     pub sink: String,
     pub since: String,
     pub finetune_id: Option<String>,
+    pub limit: u32,
 }
 
-/// Enqueues new deliveries of the events since `since` (that the sink's
-/// filter takes) to the sink; returns how many.
-pub(super) fn replay(
+/// What a replay did, and where the next page starts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct Replayed {
+    /// Deliveries created.
+    pub enqueued: u64,
+    /// Events skipped because a delivery of theirs to the sink was pending.
+    pub skipped: u64,
+    /// The `since` that continues where this page ended; `null` when no
+    /// event is left.
+    pub next_since: Option<String>,
+}
+
+/// Events one writer step of a replay looks at: small enough that the
+/// webhooks queued behind it wait only a few milliseconds.
+pub const REPLAY_CHUNK: u32 = 500;
+
+/// One writer step of a replay: the events after `after` (in the order
+/// of `(observed_at, id)`), no later than `until`, at most `limit`.
+#[derive(Debug, Clone)]
+pub(super) struct ReplayChunk {
+    pub sink: String,
+    pub finetune_id: Option<String>,
+    pub after: (String, i64),
+    pub until: String,
+    pub limit: u32,
+}
+
+/// What one step did: the events it enqueued or skipped, the last one it
+/// looked at, and the first one after that, if any.
+#[derive(Debug, Clone, Default)]
+pub(super) struct ReplayedChunk {
+    pub enqueued: u64,
+    pub skipped: u64,
+    pub last: Option<(String, i64)>,
+    pub next: Option<(String, i64)>,
+}
+
+/// Enqueues new deliveries to the sink of the events of one chunk (those
+/// its filter takes); an event with a delivery to the sink still pending
+/// is skipped, so a replay sent again queues nothing twice.
+pub(super) fn replay_chunk(
     conn: &Connection,
-    request: &ReplayRequest,
+    chunk: &ReplayChunk,
     routes: &[SinkRoute],
-) -> rusqlite::Result<u64> {
-    let Some(route) = routes.iter().find(|r| r.name == request.sink) else {
-        return Ok(0);
+) -> rusqlite::Result<ReplayedChunk> {
+    let Some(route) = routes.iter().find(|r| r.name == chunk.sink) else {
+        return Ok(ReplayedChunk::default());
     };
     // The sink's status filter, as a JSON array (`null` takes every status).
     let statuses = route.statuses.as_ref().map(|list| {
@@ -198,34 +242,60 @@ pub(super) fn replay(
     let kinds =
         serde_json::Value::from(route.events.iter().map(|k| k.as_str()).collect::<Vec<_>>())
             .to_string();
-    // Each job's first event is due unless the job already has a pending
-    // delivery to the sink; the rest wait behind it.
-    let inserted = conn.execute(
-        "INSERT INTO deliveries (sink, event_id, finetune_id, status, next_attempt_at, created_at)
-         SELECT ?1, event_id, finetune_id, 'pending',
-            CASE WHEN row_number() OVER (PARTITION BY finetune_id ORDER BY id) = 1
-                      AND NOT EXISTS (SELECT 1 FROM deliveries e
-                                      WHERE e.sink = ?1 AND e.finetune_id = events.finetune_id
-                                        AND e.status = 'pending')
-                 THEN ?2 ELSE ?6 END,
-            ?2
-         FROM events
-         WHERE observed_at >= ?3
+    const EVENTS: &str = "FROM events
+         WHERE (observed_at, id) > (?1, ?2) AND observed_at <= ?3
            AND (?4 IS NULL OR finetune_id = ?4)
            AND (?5 IS NULL OR status IN (SELECT value FROM json_each(?5)))
-           AND type IN (SELECT value FROM json_each(?7))
-         ORDER BY id",
-        params![
-            route.name,
-            crate::time::now_rfc3339(),
-            request.since,
-            request.finetune_id,
-            statuses,
-            WAITING,
-            kinds,
-        ],
+           AND type IN (SELECT value FROM json_each(?6))
+         ORDER BY observed_at, id";
+    let events: Vec<(i64, String, String, String)> = conn
+        .prepare_cached(&format!(
+            "SELECT id, event_id, finetune_id, observed_at {EVENTS} LIMIT ?7"
+        ))?
+        .query_map(
+            params![
+                chunk.after.0,
+                chunk.after.1,
+                chunk.until,
+                chunk.finetune_id,
+                statuses,
+                kinds,
+                chunk.limit
+            ],
+            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
+        )?
+        .collect::<rusqlite::Result<_>>()?;
+    let now = crate::time::now_rfc3339();
+    let mut done = ReplayedChunk::default();
+    let mut pending = conn.prepare_cached(
+        "SELECT EXISTS (SELECT 1 FROM deliveries
+            WHERE sink = ?1 AND finetune_id = ?2 AND status = 'pending' AND event_id = ?3)",
     )?;
-    Ok(inserted as u64)
+    for (id, event_id, finetune_id, observed_at) in events {
+        if pending.query_row((&route.name, &finetune_id, &event_id), |row| row.get(0))? {
+            done.skipped += 1;
+        } else {
+            // Each job's events queue in order: the first is due unless the
+            // job already has a pending delivery to the sink.
+            let delivery = NewDelivery {
+                sink: route.name.clone(),
+                event_id,
+                finetune_id,
+            };
+            insert_deliveries(conn, &[delivery], &now)?;
+            done.enqueued += 1;
+        }
+        done.last = Some((observed_at, id));
+    }
+    let from = done.last.clone().unwrap_or_else(|| chunk.after.clone());
+    done.next = conn
+        .prepare_cached(&format!("SELECT observed_at, id {EVENTS} LIMIT 1"))?
+        .query_row(
+            params![from.0, from.1, WAITING, chunk.finetune_id, statuses, kinds],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .optional()?;
+    Ok(done)
 }
 
 /// A delivery due for an attempt, with the event it carries.
@@ -306,6 +376,51 @@ const DELIVERY_COLUMNS: &str = concat!(
 );
 
 impl Store {
+    /// Enqueues past events to one sink again, [`REPLAY_CHUNK`] events per
+    /// writer step so that webhooks wait behind one small step at most.
+    /// A page holds `limit` events, then runs on to the last event of the
+    /// same time: `next_since` is a time, and a page that ended among
+    /// events of one time would send the rest again, or never reach them.
+    pub async fn replay(&self, request: ReplayRequest) -> Result<Replayed, StoreError> {
+        let mut after = (request.since.clone(), i64::MIN);
+        let mut remaining = request.limit;
+        let mut replayed = Replayed::default();
+        loop {
+            // Past the limit, only events of the last time are taken.
+            let (limit, until) = if remaining > 0 {
+                (remaining.min(REPLAY_CHUNK), WAITING.to_owned())
+            } else {
+                (REPLAY_CHUNK, after.0.clone())
+            };
+            let chunk = ReplayChunk {
+                sink: request.sink.clone(),
+                finetune_id: request.finetune_id.clone(),
+                after: after.clone(),
+                until,
+                limit,
+            };
+            let done = match self.writer.call(Step::Replay(Box::new(chunk))).await? {
+                Output::Replayed(done) => done,
+                _ => return Err(mismatch()),
+            };
+            replayed.enqueued += done.enqueued;
+            replayed.skipped += done.skipped;
+            let looked_at = u32::try_from(done.enqueued + done.skipped).unwrap_or(u32::MAX);
+            remaining = remaining.saturating_sub(looked_at);
+            if let Some(last) = done.last {
+                after = last;
+            }
+            match done.next {
+                None => return Ok(replayed),
+                Some((at, _)) if remaining == 0 && at != after.0 => {
+                    replayed.next_since = Some(at);
+                    return Ok(replayed);
+                }
+                Some(_) => {}
+            }
+        }
+    }
+
     /// Deliveries to `sink` due at `now`, oldest first: heads of their job's
     /// queue. The `NOT EXISTS` keeps per-job order even if a row were due
     /// out of turn; on heads it costs one index probe each.
@@ -571,12 +686,14 @@ mod tests {
                 }
             }
             Op::Replay(job) => {
-                let request = ReplayRequest {
+                let chunk = ReplayChunk {
                     sink: "s".into(),
-                    since: "2000-01-01T00:00:00Z".into(),
                     finetune_id: job.map(|j| JOBS[j].to_owned()),
+                    after: ("2000-01-01T00:00:00Z".into(), i64::MIN),
+                    until: WAITING.into(),
+                    limit: 1000,
                 };
-                replay(conn, &request, routes).expect("replayed");
+                replay_chunk(conn, &chunk, routes).expect("replayed");
             }
         }
     }

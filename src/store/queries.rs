@@ -17,6 +17,13 @@ pub struct JobFilter {
     pub after: Option<(String, String)>,
 }
 
+/// How much of each body a list of receipts carries: a page of 500
+/// receipts then holds at most 2 MiB of bodies, not 500 MiB.
+pub const RECEIPT_LIST_BODY_BYTES: i64 = 4096;
+
+const RECEIPT_COLUMNS: &str = "id, received_at, body_sha256, headers, outcome, finetune_id, status, event_id, error, confirmation,
+    length(body) AS body_bytes";
+
 /// Which receipts to list: newest first, older than `before_id`.
 #[derive(Debug, Clone, Default)]
 pub struct ReceiptFilter {
@@ -158,11 +165,12 @@ impl Store {
         &self,
         filter: &ReceiptFilter,
     ) -> Result<(Vec<ReceiptRow>, Option<i64>), StoreError> {
-        let mut query: QueryBuilder<Sqlite> = QueryBuilder::new(
-            "SELECT id, received_at, body, body_sha256, headers, outcome, finetune_id, status, event_id,
-                error, confirmation
-             FROM receipts WHERE 1 = 1",
-        );
+        // Only the start of each body is read: SQLite reads a blob's length
+        // from the record header, and `substr` stops at the prefix.
+        let mut query: QueryBuilder<Sqlite> = QueryBuilder::new(format!(
+            "SELECT {RECEIPT_COLUMNS}, substr(body, 1, {RECEIPT_LIST_BODY_BYTES}) AS body
+             FROM receipts WHERE 1 = 1"
+        ));
         if let Some(outcome) = &filter.outcome {
             query.push(" AND outcome = ").push_bind(outcome);
         }
@@ -180,5 +188,14 @@ impl Store {
             None
         };
         Ok((receipts, next))
+    }
+
+    /// One receipt with its whole body.
+    pub async fn receipt(&self, id: i64) -> Result<Option<ReceiptRow>, StoreError> {
+        let sql = format!("SELECT {RECEIPT_COLUMNS}, body FROM receipts WHERE id = ?");
+        Ok(sqlx::query_as(&sql)
+            .bind(id)
+            .fetch_optional(&self.reads)
+            .await?)
     }
 }

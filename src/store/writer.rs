@@ -21,7 +21,7 @@ use super::{
     checkpoint::Checkpointer,
     confirm::{self, ConfirmSummary, Settlement},
     ingest::{self, IngestRequest, IngestResult},
-    outbox::{self, AttemptRecord, ReplayRequest, SinkRoute},
+    outbox::{self, AttemptRecord, ReplayChunk, ReplayedChunk, SinkRoute},
     reconcile::{self, ReconcileSummary, RemoteReport},
     tokens::{self, Tokens},
 };
@@ -38,7 +38,7 @@ pub(super) enum Step {
     Tokens,
     RecordAttempt(Box<AttemptRecord>),
     RetryDelivery(i64),
-    Replay(Box<ReplayRequest>),
+    Replay(Box<ReplayChunk>),
     Reconcile(Box<RemoteReport>),
     Settle(Vec<Settlement>),
     /// Commit what came before, refuse what comes after, checkpoint and
@@ -52,8 +52,7 @@ pub(super) enum Output {
     Recorded,
     /// Whether the delivery went back to pending.
     Retried(bool),
-    /// Deliveries enqueued.
-    Replayed(u64),
+    Replayed(ReplayedChunk),
     Reconciled(ReconcileSummary),
     Settled(ConfirmSummary),
 }
@@ -196,7 +195,13 @@ pub(super) fn spawn(
             }
             state_tx.send_replace(state);
         })?;
-    Ok((WriterHandle { tx, state: state.clone() }, WriterTask { state }))
+    Ok((
+        WriterHandle {
+            tx,
+            state: state.clone(),
+        },
+        WriterTask { state },
+    ))
 }
 
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
@@ -311,7 +316,7 @@ impl Writer {
                     deliveries: 1..,
                     ..
                 }) | Output::Retried(true)
-                    | Output::Replayed(1..)
+                    | Output::Replayed(ReplayedChunk { enqueued: 1.., .. })
                     | Output::Reconciled(ReconcileSummary {
                         deliveries: 1..,
                         ..
@@ -349,6 +354,14 @@ fn is_fatal(e: &rusqlite::Error) -> bool {
     }
 }
 
+/// Begins a write transaction, taking the write lock at once. A deferred
+/// one would read first and then fail at its first write, without waiting,
+/// whenever another process (`tunehook prune`, `tunehook tokens`) holds the
+/// lock; taking it up front waits up to `database.busy_timeout` instead.
+fn begin(conn: &mut Connection) -> rusqlite::Result<Transaction<'_>> {
+    conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+}
+
 /// The fast path: every step in one transaction without savepoints (the
 /// webhooks together, the others in turn), committed. Any error rolls the
 /// whole batch back, for `store_apart` to redo.
@@ -357,7 +370,7 @@ fn store_together(
     steps: &[Step],
     routes: &[SinkRoute],
 ) -> rusqlite::Result<Vec<Output>> {
-    let tx = conn.transaction()?;
+    let tx = begin(conn)?;
     let mut outputs: Vec<Option<Output>> = Vec::with_capacity(steps.len());
     let mut webhooks = Vec::new();
     for step in steps {
@@ -392,7 +405,7 @@ fn store_apart(
     steps: &[Step],
     routes: &[SinkRoute],
 ) -> Vec<Result<Output, StoreError>> {
-    let mut tx = match conn.transaction() {
+    let mut tx = match begin(conn) {
         Ok(tx) => tx,
         Err(e) => {
             tracing::error!(error = %e, "cannot begin a write transaction; answering 503");
@@ -563,7 +576,7 @@ fn run_step(conn: &Connection, step: &Step, routes: &[SinkRoute]) -> rusqlite::R
             Output::Recorded
         }
         Step::RetryDelivery(id) => Output::Retried(outbox::retry(conn, *id)?),
-        Step::Replay(request) => Output::Replayed(outbox::replay(conn, request, routes)?),
+        Step::Replay(chunk) => Output::Replayed(outbox::replay_chunk(conn, chunk, routes)?),
         Step::Reconcile(report) => Output::Reconciled(reconcile::apply(conn, report, routes)?),
         Step::Settle(settlements) => Output::Settled(confirm::settle(conn, settlements, routes)?),
         // The run loop takes it before any batch is formed.

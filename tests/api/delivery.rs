@@ -431,6 +431,14 @@ async fn a_sink_added_later_receives_only_new_events_until_replayed() {
     assert_eq!(body["enqueued"], 1);
     let received = fake.wait_for(2).await;
     assert_eq!(received[1].json()["data"]["finetune_id"], "old");
+    // An event whose delivery is still pending is not queued again: wait
+    // until the replayed one is recorded delivered.
+    app.wait_for(
+        "/v1/deliveries?status=pending",
+        "no pending delivery",
+        |b| b["deliveries"].as_array().is_some_and(|d| d.is_empty()),
+    )
+    .await;
 
     let (status, body) = app
         .post_api(
@@ -439,6 +447,8 @@ async fn a_sink_added_later_receives_only_new_events_until_replayed() {
         )
         .await;
     assert_eq!(body["enqueued"], 2, "{status} {body}");
+    assert_eq!(body["skipped"], 0, "{body}");
+    assert_eq!(body["next_since"], json!(null), "{body}");
     let received = fake.wait_for(4).await;
     let replayed_new = received
         .iter()

@@ -11,6 +11,7 @@ mod hostile;
 mod jobs_api;
 mod lifecycle;
 mod observability;
+mod operations;
 mod outgoing;
 mod receipts_api;
 mod reconcile;

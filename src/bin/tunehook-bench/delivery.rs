@@ -104,7 +104,7 @@ async fn scenario(
         &client,
         reqwest::Method::POST,
         &tunehook.api_url("/v1/sinks/bench/replay"),
-        serde_json::json!({"since": "2000-01-01T00:00:00Z"}),
+        serde_json::json!({"since": "2000-01-01T00:00:00Z", "limit": 100_000}),
     )
     .await?;
     anyhow::ensure!(
