@@ -11,7 +11,7 @@
 //! and is restarted rather than refusing every webhook while looking alive.
 
 use crate::{
-    config::{Secret, Settings},
+    config::{RetentionSettings, Secret, Settings},
     confirm::Confirmer,
     delivery::{self, Sink},
     http::{self, AppState},
@@ -40,6 +40,7 @@ pub struct Application {
     sinks: Vec<Arc<Sink>>,
     reconciler: Arc<Reconciler>,
     confirmer: Arc<Confirmer>,
+    retention: RetentionSettings,
     writer: WriterTask,
     shutdown: CancellationToken,
     shutdown_timeout: Duration,
@@ -94,6 +95,7 @@ impl Application {
             )),
             webhook_bytes: http::WebhookBytes::new(settings.server.max_pending_webhook_bytes),
             sinks: settings.sinks.clone(),
+            retention: settings.retention.clone(),
             ingest_token: ingest_token.clone(),
             api_token: api_token.clone(),
             max_body_bytes: settings.server.max_body_bytes,
@@ -105,6 +107,7 @@ impl Application {
             sinks,
             reconciler,
             confirmer,
+            retention: settings.retention.clone(),
             writer,
             shutdown: CancellationToken::new(),
             shutdown_timeout: settings.server.shutdown_timeout,
@@ -170,6 +173,11 @@ impl Application {
         drop(self.reconciler);
         let confirmer = tokio::spawn(Arc::clone(&self.confirmer).run(shutdown.clone()));
         drop(self.confirmer);
+        let pruner = tokio::spawn(crate::retention::run(
+            self.store.clone(),
+            self.retention,
+            shutdown.clone(),
+        ));
         let drained = http::serve::serve(
             self.listener,
             self.router,
@@ -201,6 +209,10 @@ impl Application {
         }
         if tokio::time::timeout_at(deadline, deliveries).await.is_err() {
             tracing::warn!("delivery workers did not stop in time");
+        }
+        // The pruner stops between two of its small steps.
+        if tokio::time::timeout_at(deadline, pruner).await.is_err() {
+            tracing::warn!("the pruner did not stop in time");
         }
         // The writer commits what it holds and closes the database, even
         // if a request or a worker that did not stop in time still holds a

@@ -1,5 +1,5 @@
-//! The command line: `serve`, `migrate`, `check-config`, `tokens` and
-//! `send-test-event`. `main.rs` only parses and calls [`run`].
+//! The command line: `serve`, `migrate`, `check-config`, `tokens`,
+//! `healthcheck`, `reconcile`, `prune` and `send-test-event`. `main.rs` only parses and calls [`run`].
 
 use crate::{app::Application, config::Settings, store::Store, telemetry};
 use anyhow::Context;
@@ -42,6 +42,20 @@ pub enum Command {
     /// Run one reconcile pass against Segmind's API, print its summary and exit.
     #[command(after_help = "Example:\n  SEGMIND_API_KEY=SG_... tunehook reconcile")]
     Reconcile,
+    /// Remove old receipts, attempts and delivered deliveries now (per [retention], or older than
+    /// --older-than), print what was removed as JSON and exit. Safe while the service runs.
+    #[command(
+        after_help = "Example:\n  tunehook prune --dry-run\n  tunehook prune --older-than 30d"
+    )]
+    Prune {
+        /// Remove every kind of history older than this (such as 30d or 12h), instead of
+        /// the configured retention.
+        #[arg(long = "older-than", value_name = "DURATION", value_parser = humantime::parse_duration)]
+        older_than: Option<std::time::Duration>,
+        /// Print what would be removed, and remove nothing.
+        #[arg(long = "dry-run")]
+        dry_run: bool,
+    },
     /// POST a Segmind-shaped webhook to URL and print the response.
     #[command(
         after_help = "Example:\n  tunehook send-test-event http://127.0.0.1:8080/webhooks/segmind/TOKEN \\\n    --event AVAILABLE --finetune-id ft_123 --name my-model"
@@ -89,6 +103,10 @@ pub async fn run(cli: Cli) -> ExitCode {
         }
         Command::Tokens => tokens(settings).await,
         Command::Reconcile => reconcile(settings).await,
+        Command::Prune {
+            older_than,
+            dry_run,
+        } => prune(settings, older_than, dry_run).await,
         Command::Healthcheck => healthcheck(settings).await,
         Command::SendTestEvent {
             url,
@@ -192,6 +210,39 @@ async fn reconcile(settings: Settings) -> anyhow::Result<()> {
         .map_err(|cause| anyhow::anyhow!("the database writer failed: {cause}"))?;
     let report = result?;
     println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}
+
+async fn prune(
+    settings: Settings,
+    older_than: Option<std::time::Duration>,
+    dry_run: bool,
+) -> anyhow::Result<()> {
+    // Opened as the service opens it: WAL mode and the busy timeout let
+    // this second writer take turns with a running service's.
+    let (store, writer) = Store::open(&settings.database, Vec::new())
+        .await
+        .with_context(|| format!("cannot open the database at {}", settings.database.url))?;
+    let cutoffs = crate::retention::cutoffs(&settings.retention, older_than);
+    let result = if dry_run {
+        store
+            .prune_preview(&cutoffs)
+            .await
+            .map(|counts| serde_json::json!({"dry_run": true, "before": cutoffs, "would_remove": counts}))
+    } else {
+        let never = tokio_util::sync::CancellationToken::new();
+        crate::retention::prune(&store, &cutoffs, &never)
+            .await
+            .map(|report| {
+                serde_json::json!({"dry_run": false, "before": cutoffs, "removed": report.removed})
+            })
+    };
+    drop(store);
+    writer
+        .finished()
+        .await
+        .map_err(|cause| anyhow::anyhow!("the database writer failed: {cause}"))?;
+    println!("{}", serde_json::to_string_pretty(&result?)?);
     Ok(())
 }
 

@@ -13,6 +13,8 @@
 //!   many requests at once (group commit) before any of them is answered.
 //! - [`confirm`]: with Segmind's API configured, webhook claims wait, stored,
 //!   until Segmind's details for the job agree, and are applied then.
+//! - [`retention`] prunes old receipts, attempts and delivered deliveries
+//!   in small steps through the same writer.
 //! - [`app`] builds all of this from [`config::Settings`], binds the listener
 //!   and shuts down cleanly; [`telemetry`] sets up logging.
 
@@ -24,6 +26,7 @@ pub mod delivery;
 pub mod domain;
 pub mod http;
 pub mod reconcile;
+pub mod retention;
 pub mod segmind;
 pub mod store;
 pub mod telemetry;

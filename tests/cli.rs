@@ -167,6 +167,7 @@ fn every_command_has_help_with_an_example() {
         "check-config",
         "tokens",
         "reconcile",
+        "prune",
         "healthcheck",
         "send-test-event",
     ] {

@@ -227,3 +227,85 @@ async fn when_the_writer_stops_the_service_answers_503_and_exits_non_zero() {
     assert_eq!(post_event(&server, "QUEUED", "w-4").await, StatusCode::OK);
     server.terminate();
 }
+
+/// Runs `tunehook prune` with `args` in `dir` and reads its JSON answer.
+fn prune(dir: &Path, args: &[&str]) -> Value {
+    let (ok, out, err) = run(tunehook(dir).arg("prune").args(args));
+    assert!(ok, "prune {args:?} failed: {err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("prune prints JSON ({e}): {out}"))
+}
+
+async fn receipt_count(server: &Server) -> usize {
+    let (status, body) = get(server, "/v1/receipts?limit=500").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body["receipts"]
+        .as_array()
+        .map(Vec::len)
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prune_removes_old_receipts_and_keeps_jobs_and_transitions_while_the_service_runs() {
+    let dir = tempfile::tempdir().expect("dir");
+    let server = serve(dir.path(), &[]);
+    for (event, id) in [("QUEUED", "p-1"), ("AVAILABLE", "p-1"), ("QUEUED", "p-2")] {
+        assert_eq!(post_event(&server, event, id).await, StatusCode::OK);
+    }
+
+    // A dry run says what would go and removes nothing.
+    let preview = prune(dir.path(), &["--older-than", "0s", "--dry-run"]);
+    assert_eq!(preview["dry_run"], true);
+    assert_eq!(preview["would_remove"]["receipts"], 3, "{preview}");
+    assert_eq!(receipt_count(&server).await, 3);
+    // With the configured retention (90 days) nothing is old enough.
+    let kept = prune(dir.path(), &[]);
+    assert_eq!(kept["removed"]["receipts"], 0, "{kept}");
+    assert_eq!(receipt_count(&server).await, 3);
+
+    // Everything received so far is older than "0s ago".
+    let pruned = prune(dir.path(), &["--older-than", "0s"]);
+    assert_eq!(pruned["dry_run"], false);
+    assert_eq!(
+        pruned["removed"],
+        json!({"receipts": 3, "attempts": 0, "delivered": 0}),
+        "{pruned}"
+    );
+    assert_eq!(receipt_count(&server).await, 0);
+    let (_, job) = get(&server, "/v1/jobs/p-1").await;
+    assert_eq!(job["status"], "AVAILABLE", "{job}");
+    let transitions = job["transitions"].as_array().expect("transitions");
+    assert_eq!(transitions.len(), 2, "transitions are kept: {job}");
+    assert!(
+        transitions.iter().all(|t| t["receipt_id"].is_null()),
+        "they no longer name the removed receipts: {job}"
+    );
+    let (status, _) = get(&server, "/v1/jobs/p-2").await;
+    assert_eq!(status, StatusCode::OK);
+
+    // The service saw the prune made by the other process, and goes on.
+    let (_, status_body) = get(&server, "/v1/status").await;
+    let retention = &status_body["retention"];
+    assert!(retention["last_prune_at"].is_string(), "{status_body}");
+    assert_eq!(retention["last_prune_removed"]["receipts"], 3);
+    assert_eq!(retention["receipts"], "90d");
+    assert_eq!(post_event(&server, "TRAINING", "p-2").await, StatusCode::OK);
+    assert_eq!(receipt_count(&server).await, 1);
+    server.terminate();
+
+    // With the service stopped, too.
+    let again = prune(dir.path(), &["--older-than", "0s"]);
+    assert_eq!(again["removed"]["receipts"], 1, "{again}");
+    let nothing = prune(dir.path(), &["--older-than", "0s", "--dry-run"]);
+    assert_eq!(
+        nothing["would_remove"],
+        json!({"receipts": 0, "attempts": 0, "delivered": 0})
+    );
+}
+
+#[test]
+fn prune_refuses_a_duration_it_cannot_read() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (ok, _, err) = run(tunehook(dir.path()).args(["prune", "--older-than", "soon"]));
+    assert!(!ok);
+    assert!(err.contains("--older-than"), "{err}");
+}

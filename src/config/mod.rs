@@ -49,7 +49,83 @@ pub struct Settings {
     pub reconcile: ReconcileSettings,
     pub metrics: MetricsSettings,
     pub delivery: DeliverySettings,
+    pub retention: RetentionSettings,
     pub sinks: Vec<SinkSettings>,
+}
+
+/// How long history is kept: a duration, or `forever`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keep {
+    Forever,
+    For(Duration),
+}
+
+impl fmt::Display for Keep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Keep::Forever => f.write_str("forever"),
+            // Whole days as days: humantime would write 90 days in months.
+            Keep::For(d)
+                if d.as_secs() > 0 && d.as_secs() % 86_400 == 0 && d.subsec_nanos() == 0 =>
+            {
+                write!(f, "{}d", d.as_secs() / 86_400)
+            }
+            Keep::For(d) => write!(f, "{}", humantime::format_duration(*d)),
+        }
+    }
+}
+
+impl Serialize for Keep {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Keep {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Keep, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        if text.trim().eq_ignore_ascii_case("forever") {
+            return Ok(Keep::Forever);
+        }
+        humantime::parse_duration(text.trim())
+            .map(Keep::For)
+            .map_err(|_| {
+                serde::de::Error::custom(format!(
+                    "`{text}` is neither a duration such as \"90d\" nor \"forever\""
+                ))
+            })
+    }
+}
+
+/// What is removed from the history, and how often.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionSettings {
+    /// Webhook requests as received (their bodies are most of the database).
+    pub receipts: Keep,
+    /// Delivery attempts, by when they started.
+    pub attempts: Keep,
+    /// Deliveries that were delivered, by when.
+    pub delivered: Keep,
+    /// Time between background prunes.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Wait after start before the first prune.
+    #[serde(with = "humantime_serde")]
+    pub initial_delay: Duration,
+}
+
+impl Default for RetentionSettings {
+    fn default() -> Self {
+        let ninety_days = Keep::For(Duration::from_secs(90 * 86_400));
+        RetentionSettings {
+            receipts: ninety_days,
+            attempts: ninety_days,
+            delivered: ninety_days,
+            interval: Duration::from_secs(3600),
+            initial_delay: Duration::from_secs(60),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -406,6 +482,9 @@ impl Settings {
         if self.reconcile.interval.is_zero() || self.segmind.timeout.is_zero() {
             return invalid("reconcile.interval and segmind.timeout must be greater than 0".into());
         }
+        if self.retention.interval.is_zero() {
+            return invalid("retention.interval must be greater than 0".into());
+        }
         if tracing_subscriber::EnvFilter::try_new(&self.log.filter).is_err() {
             return invalid(format!(
                 "log.filter: `{}` is not a valid filter",
@@ -513,6 +592,30 @@ mod tests {
         assert!(!format!("{s:?}").contains("hunter2"));
         assert!(!s.to_redacted_toml().contains("hunter2"));
         assert!(s.to_redacted_toml().contains("[redacted]"));
+    }
+
+    #[test]
+    fn retention_reads_durations_and_forever_and_writes_them_back_the_same() {
+        let settings: RetentionSettings =
+            toml::from_str("receipts = \"30d\"\nattempts = \"forever\"\ndelivered = \"36h\"\n")
+                .expect("valid");
+        assert_eq!(
+            settings.receipts,
+            Keep::For(Duration::from_secs(30 * 86_400))
+        );
+        assert_eq!(settings.attempts, Keep::Forever);
+        assert_eq!(
+            settings.delivered,
+            Keep::For(Duration::from_secs(36 * 3600))
+        );
+        let text = toml::to_string(&settings).expect("serializes");
+        assert!(text.contains("receipts = \"30d\""), "{text}");
+        assert!(text.contains("attempts = \"forever\""), "{text}");
+        let again: RetentionSettings = toml::from_str(&text).expect("reads back");
+        assert_eq!(again.delivered, settings.delivered);
+        assert_eq!(RetentionSettings::default().receipts.to_string(), "90d");
+        let bad = toml::from_str::<RetentionSettings>("receipts = \"soon\"\n");
+        assert!(bad.is_err_and(|e| e.to_string().contains("forever")));
     }
 
     #[test]

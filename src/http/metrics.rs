@@ -28,7 +28,9 @@ pub async fn metrics(
             (s.name.clone(), h.pending, h.dead)
         })
         .collect();
+    let database_bytes = state.store.database_bytes().await?;
     let mut text = metrics::render();
     text.push_str(&metrics::render_gauges(&jobs, &outbox));
+    text.push_str(&metrics::render_database_bytes(database_bytes));
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
 }

@@ -27,7 +27,7 @@ pub mod status;
 pub mod webhooks;
 
 use crate::{
-    config::{Secret, SinkSettings},
+    config::{RetentionSettings, Secret, SinkSettings},
     reconcile::Reconciler,
     store::Store,
 };
@@ -58,6 +58,8 @@ pub struct Inner {
     pub store: Store,
     /// The configured sinks, as `GET /v1/sinks` shows them.
     pub sinks: Vec<SinkSettings>,
+    /// What `GET /v1/status` shows of retention.
+    pub retention: RetentionSettings,
     pub reconciler: Arc<Reconciler>,
     pub confirmer: Arc<crate::confirm::Confirmer>,
     pub started: std::time::Instant,

@@ -1,11 +1,14 @@
-//! `GET /v1/status` (what the service is doing, and whether Segmind is
-//! reachable) and `POST /v1/reconcile` (run a pass now).
+//! `GET /v1/status` (what the service is doing, whether Segmind is
+//! reachable, the last prune) and `POST /v1/reconcile` (run a pass now).
 
 use super::{
     AppState,
     error::{ApiError, ErrorBody},
 };
-use crate::reconcile::{PassError, PassReport, ReconcileState};
+use crate::{
+    reconcile::{PassError, PassReport, ReconcileState},
+    retention::RetentionState,
+};
 use axum::{Json, extract::State};
 use serde::Serialize;
 
@@ -18,6 +21,7 @@ pub struct Status {
     /// prints the full URL).
     webhook_path: &'static str,
     reconciler: ReconcileState,
+    retention: RetentionState,
     sinks: Vec<SinkCounts>,
 }
 
@@ -51,6 +55,7 @@ pub async fn status(State(state): State<AppState>) -> Result<Json<Status>, ApiEr
         uptime_seconds: state.started.elapsed().as_secs(),
         webhook_path: "/webhooks/segmind/{ingest token}",
         reconciler: state.reconciler.state(),
+        retention: RetentionState::new(&state.retention, state.store.last_prune().await?),
         sinks,
     }))
 }

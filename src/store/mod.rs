@@ -16,6 +16,7 @@ mod jobs;
 mod models;
 mod outbox;
 mod plan;
+mod prune;
 mod queries;
 mod reconcile;
 mod tokens;
@@ -28,6 +29,7 @@ pub use outbox::{
     AttemptRecord, AttemptRow, DeliveryFilter, DeliveryRow, DueDelivery, NextStep, REPLAY_CHUNK,
     ReplayRequest, Replayed, SinkHealth, SinkRoute, TransitionDelivery,
 };
+pub use prune::{PRUNE_BYTES, PRUNE_ROWS, PruneCounts, PruneCutoffs, PruneReport, PruneStep};
 pub use queries::{JobFilter, RECEIPT_LIST_BODY_BYTES, ReceiptFilter};
 pub use reconcile::{NOT_FOUND, ReconcileSummary, RemoteObservation, RemoteReport};
 pub use tokens::Tokens;
@@ -67,6 +69,8 @@ pub struct Store {
     writer: WriterHandle,
     reads: SqlitePool,
     outbox: watch::Receiver<u64>,
+    /// The database file, to measure it with its write-ahead log.
+    file: Arc<std::path::PathBuf>,
 }
 
 impl Store {
@@ -108,6 +112,7 @@ impl Store {
                 writer,
                 reads,
                 outbox,
+                file: Arc::new(options.get_filename().to_path_buf()),
             },
             task,
         ))

@@ -22,6 +22,7 @@ use super::{
     confirm::{self, ConfirmSummary, Settlement},
     ingest::{self, IngestRequest, IngestResult},
     outbox::{self, AttemptRecord, ReplayChunk, ReplayedChunk, SinkRoute},
+    prune::{self, PruneCutoffs, PruneReport, PruneStep},
     reconcile::{self, ReconcileSummary, RemoteReport},
     tokens::{self, Tokens},
 };
@@ -41,6 +42,8 @@ pub(super) enum Step {
     Replay(Box<ReplayChunk>),
     Reconcile(Box<RemoteReport>),
     Settle(Vec<Settlement>),
+    Prune(Box<PruneCutoffs>),
+    RecordPrune(Box<PruneReport>),
     /// Commit what came before, refuse what comes after, checkpoint and
     /// close the database.
     Close,
@@ -55,6 +58,7 @@ pub(super) enum Output {
     Replayed(ReplayedChunk),
     Reconciled(ReconcileSummary),
     Settled(ConfirmSummary),
+    Pruned(PruneStep),
 }
 
 type ReplyTo = oneshot::Sender<Result<Output, StoreError>>;
@@ -579,6 +583,11 @@ fn run_step(conn: &Connection, step: &Step, routes: &[SinkRoute]) -> rusqlite::R
         Step::Replay(chunk) => Output::Replayed(outbox::replay_chunk(conn, chunk, routes)?),
         Step::Reconcile(report) => Output::Reconciled(reconcile::apply(conn, report, routes)?),
         Step::Settle(settlements) => Output::Settled(confirm::settle(conn, settlements, routes)?),
+        Step::Prune(cutoffs) => Output::Pruned(prune::step(conn, cutoffs)?),
+        Step::RecordPrune(report) => {
+            prune::record(conn, report)?;
+            Output::Recorded
+        }
         // The run loop takes it before any batch is formed.
         Step::Close => return Err(rusqlite::Error::InvalidQuery),
     })

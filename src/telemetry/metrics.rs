@@ -153,6 +153,14 @@ pub fn render_gauges(jobs_by_status: &[(String, i64)], outbox: &[(String, i64, i
     out
 }
 
+/// The database's size on disk (pages plus the write-ahead log), read at
+/// scrape time.
+pub fn render_database_bytes(bytes: u64) -> String {
+    format!(
+        "# HELP tunehook_database_bytes Size of the database on disk: its pages plus the write-ahead log.\n# TYPE tunehook_database_bytes gauge\ntunehook_database_bytes {bytes}\n"
+    )
+}
+
 fn escape(value: &str) -> String {
     value
         .replace('\\', "\\\\")

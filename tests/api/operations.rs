@@ -322,3 +322,88 @@ async fn a_replay_limit_out_of_range_is_a_400_naming_it() {
         assert!(message.contains("limit"), "{message}");
     }
 }
+
+#[tokio::test]
+async fn the_pruner_removes_delivered_deliveries_and_keeps_dead_ones_jobs_and_transitions() {
+    // Job "ok" is delivered; job "dead" fails until its schedule runs out.
+    let fake = FakeSink::answering(|body, _| {
+        if body["data"]["finetune_id"] == "dead" {
+            crate::fake_sink::FAIL
+        } else {
+            crate::fake_sink::OK
+        }
+    })
+    .await;
+    let url = fake.url();
+    let app = spawn_app_with(|s| {
+        s.delivery.retry_schedule = vec![Duration::from_millis(20)];
+        s.sinks = vec![http_sink("s", &url)];
+        s.retention.receipts = tunehook::config::Keep::Forever;
+        s.retention.attempts = tunehook::config::Keep::Forever;
+        s.retention.delivered = tunehook::config::Keep::For(Duration::from_millis(1));
+        s.retention.initial_delay = Duration::from_millis(50);
+        s.retention.interval = Duration::from_millis(50);
+    })
+    .await;
+    app.post(json!({"event": "AVAILABLE", "finetune_id": "ok"}))
+        .await;
+    app.post(json!({"event": "FAILED", "finetune_id": "dead"}))
+        .await;
+
+    let status = app
+        .wait_for("/v1/status", "a prune that removed the delivery", |s| {
+            s["retention"]["last_prune_removed"]["delivered"].as_u64() >= Some(1)
+        })
+        .await;
+    assert_eq!(status["retention"]["delivered"], "1ms");
+    assert_eq!(status["retention"]["receipts"], "forever");
+    let dead = app
+        .wait_for("/v1/deliveries?status=dead", "the dead delivery", |b| {
+            b["deliveries"].as_array().is_some_and(|d| d.len() == 1)
+        })
+        .await;
+    let dead_id = dead["deliveries"][0]["id"].as_i64().expect("an id");
+    let (_, delivered) = app.get("/v1/deliveries?status=delivered").await;
+    assert_eq!(delivered["deliveries"], json!([]), "{delivered}");
+    let (status, detail) = app.get(&format!("/v1/deliveries/{dead_id}")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        detail["attempt_log"].as_array().map(Vec::len),
+        Some(2),
+        "attempts are kept forever here: {detail}"
+    );
+    for id in ["ok", "dead"] {
+        let job = app.job(id).await;
+        assert_eq!(
+            job["transitions"].as_array().map(Vec::len),
+            Some(1),
+            "{job}"
+        );
+    }
+    assert_eq!(
+        app.receipts().await.len(),
+        2,
+        "receipts are kept forever here"
+    );
+}
+
+#[tokio::test]
+async fn metrics_show_the_size_of_the_database_on_disk() {
+    let app = spawn_app().await;
+    app.post_raw(padded_webhook("size", 50_000)).await;
+    let text = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .expect("sent")
+        .text()
+        .await
+        .expect("text");
+    let bytes: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("tunehook_database_bytes "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no tunehook_database_bytes in:\n{text}"));
+    assert!(bytes > 50_000, "the stored body counts: {bytes}");
+}
