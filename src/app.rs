@@ -42,6 +42,7 @@ pub struct Application {
     confirmer: Arc<Confirmer>,
     retention: RetentionSettings,
     writer: WriterTask,
+    feed: Arc<crate::feed::EventFeed>,
     shutdown: CancellationToken,
     shutdown_timeout: Duration,
     header_read_timeout: Duration,
@@ -83,7 +84,16 @@ impl Application {
             store.clone(),
             reconciler.client().cloned(),
         ));
+        let feed = Arc::new(
+            crate::feed::EventFeed::new(store.clone())
+                .await
+                .context("cannot read the events for the live streams")?,
+        );
+        let shutdown = CancellationToken::new();
         let state = AppState::new(http::Inner {
+            feed: Arc::clone(&feed),
+            stream_permits: Arc::new(tokio::sync::Semaphore::new(settings.server.max_streams)),
+            shutdown: shutdown.clone(),
             store: store.clone(),
             reconciler: Arc::clone(&reconciler),
             confirmer: Arc::clone(&confirmer),
@@ -109,7 +119,8 @@ impl Application {
             confirmer,
             retention: settings.retention.clone(),
             writer,
-            shutdown: CancellationToken::new(),
+            feed,
+            shutdown,
             shutdown_timeout: settings.server.shutdown_timeout,
             header_read_timeout: settings.server.header_read_timeout,
             ingest_token,
@@ -173,6 +184,8 @@ impl Application {
         drop(self.reconciler);
         let confirmer = tokio::spawn(Arc::clone(&self.confirmer).run(shutdown.clone()));
         drop(self.confirmer);
+        let feed = tokio::spawn(Arc::clone(&self.feed).run(shutdown.clone()));
+        drop(self.feed);
         let pruner = tokio::spawn(crate::retention::run(
             self.store.clone(),
             self.retention,
@@ -209,6 +222,9 @@ impl Application {
         }
         if tokio::time::timeout_at(deadline, deliveries).await.is_err() {
             tracing::warn!("delivery workers did not stop in time");
+        }
+        if tokio::time::timeout_at(deadline, feed).await.is_err() {
+            tracing::warn!("the event feed did not stop in time");
         }
         // The pruner stops between two of its small steps.
         if tokio::time::timeout_at(deadline, pruner).await.is_err() {

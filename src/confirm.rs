@@ -79,7 +79,14 @@ impl Confirmer {
             "webhooks are confirmed with Segmind's API before they are applied"
         );
         loop {
-            let wait = match self.round(&client).await {
+            // A round cut short by shutdown loses nothing: claims are
+            // settled in one writer step each round, or stay for the next
+            // start.
+            let round = tokio::select! {
+                () = shutdown.cancelled() => break,
+                round = self.round(&client) => round,
+            };
+            let wait = match round {
                 Ok(true) => Duration::ZERO,
                 Ok(false) => self.until_next().await,
                 Err(e) => {

@@ -15,6 +15,7 @@
 //!   until Segmind's details for the job agree, and are applied then.
 //! - [`retention`] prunes old receipts, attempts and delivered deliveries
 //!   in small steps through the same writer.
+//! - [`feed`]: committed events, read back for the Server-Sent Events streams.
 //! - [`app`] builds all of this from [`config::Settings`], binds the listener
 //!   and shuts down cleanly; [`telemetry`] sets up logging.
 
@@ -24,6 +25,7 @@ pub mod config;
 pub mod confirm;
 pub mod delivery;
 pub mod domain;
+pub mod feed;
 pub mod http;
 pub mod reconcile;
 pub mod retention;

@@ -170,6 +170,8 @@ pub struct ServerSettings {
     pub max_body_bytes: usize,
     /// Webhooks handled at once; beyond this the answer is a quick 503.
     pub max_concurrent_webhooks: usize,
+    /// Server-Sent Events streams open at once; beyond this, 503.
+    pub max_streams: usize,
     /// Bytes of webhook bodies waiting for the writer at once; beyond this
     /// the answer is a quick 503.
     pub max_pending_webhook_bytes: usize,
@@ -189,6 +191,7 @@ impl Default for ServerSettings {
             public_url: String::new(),
             max_body_bytes: 1024 * 1024,
             max_concurrent_webhooks: 1024,
+            max_streams: 256,
             max_pending_webhook_bytes: 64 * 1024 * 1024,
             request_timeout: Duration::from_secs(30),
             header_read_timeout: Duration::from_secs(10),

@@ -3,6 +3,7 @@
 //!
 //! - `POST /webhooks/segmind/{token}`: `webhooks`
 //! - `GET /v1/jobs`, `GET /v1/jobs/{finetune_id}`: `jobs`
+//! - `GET /v1/events`, `GET /v1/jobs/{finetune_id}/events`: `events` (Server-Sent Events)
 //! - `GET /v1/receipts`, `GET /v1/receipts/{id}`: `receipts`
 //! - `GET /v1/sinks`, `POST /v1/sinks/{name}/replay`: `sinks`
 //! - `GET /v1/deliveries`, `GET /v1/deliveries/{id}`, `POST /v1/deliveries/{id}/retry`: `deliveries`
@@ -14,6 +15,7 @@
 pub mod auth;
 pub mod deliveries;
 pub mod error;
+pub mod events;
 pub mod health;
 pub mod jobs;
 pub mod json;
@@ -62,6 +64,12 @@ pub struct Inner {
     pub retention: RetentionSettings,
     pub reconciler: Arc<Reconciler>,
     pub confirmer: Arc<crate::confirm::Confirmer>,
+    /// What the event streams send.
+    pub feed: Arc<crate::feed::EventFeed>,
+    /// Event streams open; when none is left, a new one gets 503.
+    pub stream_permits: Arc<tokio::sync::Semaphore>,
+    /// Cancelled at shutdown: event streams end.
+    pub shutdown: tokio_util::sync::CancellationToken,
     pub started: std::time::Instant,
     pub started_at: String,
     pub metrics_require_token: bool,
@@ -128,6 +136,12 @@ fn api_routes() -> Vec<Route> {
     vec![
         (Method::GET, "/v1/jobs", get(jobs::list)),
         (Method::GET, "/v1/jobs/{finetune_id}", get(jobs::get)),
+        (Method::GET, "/v1/events", get(events::all)),
+        (
+            Method::GET,
+            "/v1/jobs/{finetune_id}/events",
+            get(events::job),
+        ),
         (Method::GET, "/v1/receipts", get(receipts::list)),
         (Method::GET, "/v1/receipts/{id}", get(receipts::get)),
         (Method::GET, "/v1/sinks", get(sinks::list)),

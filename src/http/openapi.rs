@@ -17,6 +17,8 @@ use utoipa::{
         super::webhooks::receive,
         super::jobs::list,
         super::jobs::get,
+        super::events::all,
+        super::events::job,
         super::receipts::list,
         super::receipts::get,
         super::sinks::list,

@@ -3,6 +3,7 @@
 //! rows, so a status change and a later field update of one job reach each
 //! sink in that order, through the same per-job queue.
 
+use super::{Store, StoreError};
 use crate::domain::event::EventType;
 use rusqlite::{Connection, params};
 
@@ -63,6 +64,59 @@ pub fn new_id(kind: EventType) -> String {
         millis & 0xffff_ffff_ffff,
         hex::encode(rand::random::<[u8; 10]>())
     )
+}
+
+/// A committed event, as the live streams send it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct FeedEvent {
+    /// Its place in commit order (the row id).
+    pub seq: i64,
+    pub event_id: String,
+    /// `finetune.status_changed` or `finetune.updated`.
+    pub kind: String,
+    pub finetune_id: String,
+    /// The event as sinks receive it, JSON text.
+    pub body: String,
+}
+
+impl Store {
+    /// Committed events after `after` in commit order, at most `limit`,
+    /// of one job or of all.
+    pub async fn events_after(
+        &self,
+        after: i64,
+        finetune_id: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<FeedEvent>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT id AS seq, event_id, type AS kind, finetune_id, body FROM events
+             WHERE id > ?1 AND (?2 IS NULL OR finetune_id = ?2) ORDER BY id LIMIT ?3",
+        )
+        .bind(after)
+        .bind(finetune_id)
+        .bind(i64::from(limit))
+        .fetch_all(&self.reads)
+        .await?)
+    }
+
+    /// The place in commit order of the event with this id.
+    pub async fn event_seq(&self, event_id: &str) -> Result<Option<i64>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT id FROM events WHERE event_id = ?")
+                .bind(event_id)
+                .fetch_optional(&self.reads)
+                .await?,
+        )
+    }
+
+    /// The place of the last committed event (0 when there is none).
+    pub async fn last_event_seq(&self) -> Result<i64, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) FROM events")
+                .fetch_one(&self.reads)
+                .await?,
+        )
+    }
 }
 
 #[cfg(test)]

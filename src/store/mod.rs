@@ -23,6 +23,7 @@ mod tokens;
 mod writer;
 
 pub use confirm::{ConfirmSummary, PendingClaim, Settlement, SettlementKind};
+pub use events::FeedEvent;
 pub use ingest::{IngestRequest, IngestResult, Outcome};
 pub use models::{DriftRow, JobRow, JobsPage, ReceiptRow, TransitionRow, UpdateRow};
 pub use outbox::{
@@ -71,6 +72,8 @@ pub struct Store {
     outbox: watch::Receiver<u64>,
     /// The database file, to measure it with its write-ahead log.
     file: Arc<std::path::PathBuf>,
+    /// Bumped after each write that may have committed events.
+    commits: Arc<watch::Sender<u64>>,
 }
 
 impl Store {
@@ -113,6 +116,7 @@ impl Store {
                 reads,
                 outbox,
                 file: Arc::new(options.get_filename().to_path_buf()),
+                commits: Arc::new(watch::channel(0).0),
             },
             task,
         ))
@@ -129,7 +133,10 @@ impl Store {
     /// Stores one webhook request and applies it to its job, durably.
     pub async fn ingest(&self, request: IngestRequest) -> Result<IngestResult, StoreError> {
         match self.writer.call(Step::Ingest(Box::new(request))).await? {
-            Output::Ingest(result) => Ok(result),
+            Output::Ingest(result) => {
+                self.committed();
+                Ok(result)
+            }
             _ => Err(mismatch()),
         }
     }
@@ -160,7 +167,10 @@ impl Store {
     /// details did not know.
     pub async fn reconcile(&self, report: RemoteReport) -> Result<ReconcileSummary, StoreError> {
         match self.writer.call(Step::Reconcile(Box::new(report))).await? {
-            Output::Reconciled(summary) => Ok(summary),
+            Output::Reconciled(summary) => {
+                self.committed();
+                Ok(summary)
+            }
             _ => Err(mismatch()),
         }
     }
@@ -172,9 +182,23 @@ impl Store {
         settlements: Vec<Settlement>,
     ) -> Result<ConfirmSummary, StoreError> {
         match self.writer.call(Step::Settle(settlements)).await? {
-            Output::Settled(summary) => Ok(summary),
+            Output::Settled(summary) => {
+                self.committed();
+                Ok(summary)
+            }
             _ => Err(mismatch()),
         }
+    }
+
+    /// Changes after each write of this process that may have committed
+    /// events (writes by other processes are found by polling).
+    pub fn event_commits(&self) -> watch::Receiver<u64> {
+        self.commits.subscribe()
+    }
+
+    fn committed(&self) {
+        self.commits
+            .send_modify(|generation| *generation = generation.wrapping_add(1));
     }
 
     /// Changes whenever a commit made deliveries due.

@@ -16,4 +16,5 @@ mod outgoing;
 mod receipts_api;
 mod reconcile;
 mod segmind_client;
+mod streams;
 mod webhooks;
