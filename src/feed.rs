@@ -44,11 +44,11 @@ impl EventFeed {
         })
     }
 
-    /// Events from now on, and where "now" is: every event after that
-    /// place is either received here or was committed before it.
-    pub fn subscribe(&self) -> (broadcast::Receiver<Arc<FeedEvent>>, i64) {
-        let rx = self.tx.subscribe();
-        (rx, self.last.load(Ordering::SeqCst))
+    /// Every event the feed hands on from now on. The feed may still be
+    /// reading events committed just before: a stream that must start at
+    /// a given event skips those at or before it.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<FeedEvent>> {
+        self.tx.subscribe()
     }
 
     /// Reads committed events and hands them on until `shutdown`.

@@ -33,3 +33,4 @@ pub mod segmind;
 pub mod store;
 pub mod telemetry;
 pub mod time;
+pub mod watch;

@@ -71,7 +71,10 @@ async fn open(
     let permit = Arc::clone(&state.stream_permits)
         .try_acquire_owned()
         .map_err(|_| ApiError::Unavailable("too many event streams are open".into()))?;
-    let (live, now) = state.feed.subscribe();
+    // Subscribed before "now" is read: whatever is committed after it
+    // arrives through the feed, and nothing committed before it does.
+    let live = state.feed.subscribe();
+    let now = state.store.last_event_seq().await?;
     let resume = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())

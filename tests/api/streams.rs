@@ -175,3 +175,55 @@ async fn shutdown_ends_open_streams_cleanly() {
         "the stream held the shutdown until its timeout"
     );
 }
+
+#[tokio::test]
+async fn watching_a_job_reports_each_change_and_ends_at_available() {
+    let app = spawn_app_with(|_| {}).await;
+    webhook(&app, "TRAINING", "ft_watch").await;
+    let base = format!("http://{}", app.addr);
+    let token = app.api_token.clone();
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let seen = std::sync::Arc::clone(&lines);
+    let watcher = tokio::spawn(async move {
+        tunehook::watch::watch(&base, &token, "ft_watch", |line| {
+            seen.lock().expect("lock").push(line.to_owned())
+        })
+        .await
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while lines.lock().expect("lock").is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the watcher never started"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    webhook(&app, "TRAINING_COMPLETED", "ft_watch").await;
+    webhook(&app, "AVAILABLE", "ft_watch").await;
+    let ending = tokio::time::timeout(Duration::from_secs(10), watcher)
+        .await
+        .expect("the watcher ends")
+        .expect("no panic")
+        .expect("no error");
+    assert_eq!(ending, tunehook::watch::Ending::Available);
+    let lines = lines.lock().expect("lock").clone();
+    assert_eq!(
+        lines,
+        [
+            "ft_watch: TRAINING",
+            "ft_watch: TRAINING → TRAINING_COMPLETED (webhook)",
+            "ft_watch: TRAINING_COMPLETED → AVAILABLE (webhook)"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn watching_a_failed_job_ends_with_its_failure_at_once() {
+    let app = spawn_app_with(|_| {}).await;
+    webhook(&app, "FAILED", "ft_failed").await;
+    let base = format!("http://{}", app.addr);
+    let ending = tunehook::watch::watch(&base, &app.api_token, "ft_failed", |_| {})
+        .await
+        .expect("no error");
+    assert_eq!(ending, tunehook::watch::Ending::Failed("FAILED".into()));
+}
