@@ -23,6 +23,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod confirm;
+pub mod dataset;
 pub mod delivery;
 pub mod domain;
 pub mod feed;

@@ -4,6 +4,7 @@
 
 pub mod confirm;
 pub mod event;
+pub mod finetune_request;
 pub mod job;
 pub mod payload;
 pub mod retry;

@@ -2,7 +2,7 @@
 //! are ignored, nulls and missing values tolerated, and values that arrive
 //! as numbers or booleans where text was expected are kept as text.
 
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 
 /// A fine-tune job as `list` and `details` describe it.
@@ -69,28 +69,9 @@ pub struct DetailsResponse {
     pub finetune: Option<RemoteJob>,
 }
 
-/// `POST /finetune/request/submit`.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct SubmitRequest {
-    pub name: String,
-    pub data_source_path: String,
-    pub instance_prompt: String,
-    pub trigger_word: String,
-    pub base_model: String,
-    pub theme: String,
-    pub segmind_public: bool,
-    pub advance_parameters: AdvanceParameters,
-}
-
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct AdvanceParameters {
-    pub iterations: u32,
-    pub captioning: bool,
-    pub priority: String,
-    pub finetune_type: String,
-    pub lora_rank: u32,
-    pub learning_rate: f64,
-}
+/// `POST /finetune/request/submit` takes the request the domain's rules
+/// checked and completed (`domain::finetune_request`).
+pub use crate::domain::finetune_request::{AdvanceParameters, SubmitRequest};
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(default)]
