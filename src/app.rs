@@ -84,6 +84,10 @@ impl Application {
             store.clone(),
             reconciler.client().cloned(),
         ));
+        let url_checker = Arc::new(
+            crate::dataset::remote::UrlChecker::new(settings.segmind.timeout)
+                .context("cannot build the HTTP client for dataset checks")?,
+        );
         let feed = Arc::new(
             crate::feed::EventFeed::new(store.clone())
                 .await
@@ -94,6 +98,7 @@ impl Application {
             feed: Arc::clone(&feed),
             stream_permits: Arc::new(tokio::sync::Semaphore::new(settings.server.max_streams)),
             shutdown: shutdown.clone(),
+            url_checker,
             store: store.clone(),
             reconciler: Arc::clone(&reconciler),
             confirmer: Arc::clone(&confirmer),

@@ -190,10 +190,11 @@ impl Effect {
 /// the job's empty fields, such as a late TRAINING_COMPLETED bringing
 /// `trained_model_url` to an AVAILABLE job. Segmind's own API (source
 /// `reconcile`) is trusted for fields: its values replace stored ones
-/// whatever the status does.
+/// whatever the status does; so are the values tunehook sent (source `api`).
 pub fn observe(job: &mut Option<Job>, obs: &Observation<'_>) -> Effect {
     let Some(current) = job else {
         let from_webhook = obs.source == Source::Webhook;
+        let from_segmind = obs.source == Source::Reconcile;
         *job = Some(Job {
             finetune_id: obs.finetune_id.to_owned(),
             status: obs.status.clone(),
@@ -202,7 +203,7 @@ pub fn observe(job: &mut Option<Job>, obs: &Observation<'_>) -> Effect {
             updated_at: obs.observed_at.to_owned(),
             recorded: BTreeSet::from([obs.status.clone()]),
             webhook_status: from_webhook.then(|| obs.status.clone()),
-            segmind_status: (!from_webhook).then(|| obs.status.clone()),
+            segmind_status: from_segmind.then(|| obs.status.clone()),
         });
         return Effect {
             decision: Decision::Apply,
@@ -222,7 +223,9 @@ pub fn observe(job: &mut Option<Job>, obs: &Observation<'_>) -> Effect {
             current.recorded.insert(obs.status.clone());
             current.fields.take_newer(obs.fields)
         }
-        (_, Source::Reconcile) => current.fields.take_newer(obs.fields),
+        // What tunehook itself sent to Segmind (a submission, an access
+        // change) is what Segmind now holds: it replaces stored values.
+        (_, Source::Reconcile | Source::Api) => current.fields.take_newer(obs.fields),
         (_, Source::Webhook) => current.fields.fill_empty(obs.fields),
     };
     let mut changed = decision == Decision::Apply || !fields_changed.is_empty();
@@ -234,7 +237,7 @@ pub fn observe(job: &mut Option<Job>, obs: &Observation<'_>) -> Effect {
             changed |= current.webhook_status.as_ref() != Some(obs.status);
             current.webhook_status = Some(obs.status.clone());
         }
-        Source::Webhook => {}
+        Source::Webhook | Source::Api => {}
         Source::Reconcile => {
             // Bookkeeping: asking Segmind does not make the job "updated".
             changed |= current.segmind_status.as_ref() != Some(obs.status);
@@ -355,6 +358,30 @@ mod tests {
         assert_eq!(effect.decision, Decision::Duplicate);
         assert!(!effect.changed);
         assert_eq!(job.expect("exists").updated_at, "t1");
+    }
+
+    #[test]
+    fn a_submission_after_a_webhook_keeps_the_status_and_sets_what_was_sent() {
+        let mut job = None;
+        see(
+            &mut job,
+            "QUEUED",
+            JobFields::default(),
+            Source::Webhook,
+            "t1",
+        );
+        let sent = JobFields {
+            name: Some("mine".into()),
+            public_model: Some(false),
+            ..Default::default()
+        };
+        let effect = see(&mut job, "REQUESTED", sent, Source::Api, "t2");
+        assert_eq!(effect.decision, Decision::Stale);
+        assert_eq!(effect.fields_changed, ["name", "public_model"]);
+        let job = job.expect("exists");
+        assert_eq!(job.status, s("QUEUED"));
+        assert_eq!(job.webhook_status, Some(s("QUEUED")));
+        assert_eq!(job.segmind_status, None);
     }
 
     #[test]

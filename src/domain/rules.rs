@@ -3,7 +3,11 @@
 //!
 //! Jobs only move forward in rank. Segmind's own list/details API (source
 //! `reconcile`) is trusted over webhooks when two statuses share a rank, such
-//! as two different terminal statuses. Whether a status was already recorded
+//! as two different terminal statuses. A job tunehook submitted itself
+//! (source `api`: `POST /v1/finetunes` or `tunehook segmind submit`) starts
+//! as `REQUESTED`; that observation ranks like a webhook's: it creates a new
+//! job, and never moves one that Segmind already reported further (a webhook
+//! can arrive before the submission is recorded), nor wins a tie. Whether a status was already recorded
 //! once for the job is the database's concern (a uniqueness constraint), not
 //! this module's.
 
@@ -15,6 +19,8 @@ use std::fmt;
 pub enum Source {
     Webhook,
     Reconcile,
+    /// tunehook submitted the job to Segmind and recorded Segmind's answer.
+    Api,
 }
 
 impl Source {
@@ -22,6 +28,7 @@ impl Source {
         match self {
             Source::Webhook => "webhook",
             Source::Reconcile => "reconcile",
+            Source::Api => "api",
         }
     }
 }
@@ -58,7 +65,7 @@ pub fn decide(current: Option<&Status>, incoming: &Status, source: Source) -> De
         std::cmp::Ordering::Less => Decision::Stale,
         std::cmp::Ordering::Equal => match source {
             Source::Reconcile => Decision::Apply,
-            Source::Webhook => Decision::Stale,
+            Source::Webhook | Source::Api => Decision::Stale,
         },
     }
 }
@@ -166,6 +173,19 @@ mod tests {
                 assert_eq!(decide(Some(&s(from)), &s(to), Reconcile), Apply);
             }
         }
+    }
+
+    #[test]
+    fn a_submission_creates_a_job_and_never_moves_one_segmind_reported_further() {
+        assert_eq!(decide(None, &s("REQUESTED"), Api), Apply);
+        for further in &LADDER[1..] {
+            assert_eq!(decide(Some(&s(further)), &s("REQUESTED"), Api), Stale);
+        }
+        assert_eq!(
+            decide(Some(&s("REQUESTED")), &s("REQUESTED"), Api),
+            Duplicate
+        );
+        assert_eq!(decide(Some(&s("QUEUED")), &s("PENDING"), Api), Stale);
     }
 
     #[test]

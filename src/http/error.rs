@@ -20,6 +20,16 @@ pub struct ErrorDetail {
     pub code: String,
     /// For people.
     pub message: String,
+    /// `invalid_request`: each field at fault (`advance_parameters.lora_rank`)
+    /// and the rule it breaks.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub fields: Vec<FieldError>,
+}
+
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +40,19 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// The request breaks rules checked before anything is sent: 422 with
+    /// every field at fault.
+    #[error("{message}")]
+    Invalid {
+        message: String,
+        fields: Vec<FieldError>,
+    },
+    /// A well-formed request that cannot be taken as it is (422).
+    #[error("{message}")]
+    Unprocessable { code: &'static str, message: String },
+    /// The service lacks the configuration the request needs (409).
+    #[error("{message}")]
+    NotConfigured { code: &'static str, message: String },
     /// Segmind failed; the message is Segmind's, never ours.
     #[error("{message}")]
     Upstream { code: &'static str, message: String },
@@ -56,6 +79,9 @@ impl ApiError {
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ApiError::Invalid { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
+            ApiError::Unprocessable { code, .. } => (StatusCode::UNPROCESSABLE_ENTITY, code),
+            ApiError::NotConfigured { code, .. } => (StatusCode::CONFLICT, code),
             ApiError::Upstream { code, .. } => (StatusCode::BAD_GATEWAY, code),
             ApiError::BadRequest { code, .. } => (StatusCode::BAD_REQUEST, code),
             ApiError::PayloadTooLarge { .. } => {
@@ -88,6 +114,10 @@ impl IntoResponse for ApiError {
             error: ErrorDetail {
                 code: code.to_owned(),
                 message: self.to_string(),
+                fields: match &self {
+                    ApiError::Invalid { fields, .. } => fields.clone(),
+                    _ => Vec::new(),
+                },
             },
         });
         let mut response = (status, body).into_response();

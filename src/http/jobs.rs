@@ -132,6 +132,12 @@ pub async fn get(
     State(state): State<AppState>,
     ApiPath(finetune_id): ApiPath<String>,
 ) -> Result<Json<JobDetail>, ApiError> {
+    detail(&state, &finetune_id).await.map(Json)
+}
+
+/// The job as `GET /v1/jobs/{finetune_id}` shows it; 404 when unknown.
+pub(super) async fn detail(state: &AppState, finetune_id: &str) -> Result<JobDetail, ApiError> {
+    let finetune_id = finetune_id.to_owned();
     let job =
         state.store.job(&finetune_id).await?.ok_or_else(|| {
             ApiError::NotFound(format!("no job with finetune_id `{finetune_id}`"))
@@ -164,12 +170,12 @@ pub async fn get(
             update,
         })
         .collect();
-    Ok(Json(JobDetail {
+    Ok(JobDetail {
         job,
         segmind_status,
         segmind_seen_at,
         webhook_status,
         transitions,
         updates,
-    }))
+    })
 }

@@ -4,6 +4,7 @@
 //! - `POST /webhooks/segmind/{token}`: `webhooks`
 //! - `GET /v1/jobs`, `GET /v1/jobs/{finetune_id}`: `jobs`
 //! - `GET /v1/events`, `GET /v1/jobs/{finetune_id}/events`: `events` (Server-Sent Events)
+//! - `POST /v1/finetunes`, `PUT /v1/jobs/{finetune_id}/access`: `finetunes`
 //! - `GET /v1/receipts`, `GET /v1/receipts/{id}`: `receipts`
 //! - `GET /v1/sinks`, `POST /v1/sinks/{name}/replay`: `sinks`
 //! - `GET /v1/deliveries`, `GET /v1/deliveries/{id}`, `POST /v1/deliveries/{id}/retry`: `deliveries`
@@ -16,6 +17,7 @@ pub mod auth;
 pub mod deliveries;
 pub mod error;
 pub mod events;
+pub mod finetunes;
 pub mod health;
 pub mod jobs;
 pub mod json;
@@ -39,7 +41,7 @@ use axum::{
     http::{HeaderName, Method, StatusCode},
     middleware,
     response::IntoResponse,
-    routing::{MethodRouter, get, post},
+    routing::{MethodRouter, get, post, put},
 };
 use error::ApiError;
 use std::{sync::Arc, time::Duration};
@@ -80,6 +82,8 @@ pub struct Inner {
     pub ingest_token: Secret,
     pub api_token: Secret,
     pub max_body_bytes: usize,
+    /// Checks the dataset URL of a submission before Segmind is called.
+    pub url_checker: Arc<crate::dataset::remote::UrlChecker>,
 }
 
 /// The memory webhooks waiting for the writer may hold, in KiB permits: a
@@ -142,6 +146,12 @@ fn api_routes() -> Vec<Route> {
             "/v1/jobs/{finetune_id}/events",
             get(events::job),
         ),
+        (
+            Method::PUT,
+            "/v1/jobs/{finetune_id}/access",
+            put(finetunes::access),
+        ),
+        (Method::POST, "/v1/finetunes", post(finetunes::submit)),
         (Method::GET, "/v1/receipts", get(receipts::list)),
         (Method::GET, "/v1/receipts/{id}", get(receipts::get)),
         (Method::GET, "/v1/sinks", get(sinks::list)),

@@ -19,6 +19,8 @@ use utoipa::{
         super::jobs::get,
         super::events::all,
         super::events::job,
+        super::finetunes::submit,
+        super::finetunes::access,
         super::receipts::list,
         super::receipts::get,
         super::sinks::list,

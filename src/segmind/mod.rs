@@ -10,6 +10,7 @@
 //! URL: a base URL may hold credentials of its own.
 
 mod types;
+pub mod upload;
 
 pub use types::{
     AdvanceParameters, DetailsResponse, PresignedUrl, RemoteJob, SubmitRequest, SubmitResponse,

@@ -19,6 +19,7 @@ mod plan;
 mod prune;
 mod queries;
 mod reconcile;
+mod submissions;
 mod tokens;
 mod writer;
 
@@ -33,6 +34,7 @@ pub use outbox::{
 pub use prune::{PRUNE_BYTES, PRUNE_ROWS, PruneCounts, PruneCutoffs, PruneReport, PruneStep};
 pub use queries::{JobFilter, RECEIPT_LIST_BODY_BYTES, ReceiptFilter};
 pub use reconcile::{NOT_FOUND, ReconcileSummary, RemoteObservation, RemoteReport};
+pub use submissions::{Claim, Submission, SubmissionResult};
 pub use tokens::Tokens;
 
 use crate::config::{DatabaseSettings, Synchronous};
@@ -199,6 +201,82 @@ impl Store {
     fn committed(&self) {
         self.commits
             .send_modify(|generation| *generation = generation.wrapping_add(1));
+    }
+
+    /// Records a job tunehook submitted to Segmind as `REQUESTED` (source
+    /// `api`), and completes its `Idempotency-Key` in the same transaction.
+    pub async fn record_submission(
+        &self,
+        submission: Submission,
+    ) -> Result<SubmissionResult, StoreError> {
+        match self.writer.call(Step::Submit(Box::new(submission))).await? {
+            Output::Submitted(result) => {
+                self.committed();
+                Ok(result)
+            }
+            _ => Err(mismatch()),
+        }
+    }
+
+    /// Records the model's access (`public_model`) on a known job; `None`
+    /// when there is no such job.
+    pub async fn record_access(
+        &self,
+        finetune_id: &str,
+        public: bool,
+    ) -> Result<Option<usize>, StoreError> {
+        let step = Step::Access {
+            finetune_id: finetune_id.to_owned(),
+            public,
+        };
+        match self.writer.call(step).await? {
+            Output::AccessRecorded(result) => {
+                self.committed();
+                Ok(result)
+            }
+            _ => Err(mismatch()),
+        }
+    }
+
+    /// Claims an `Idempotency-Key` for a request whose checked body hashes
+    /// to `request_sha256`.
+    pub async fn claim_idempotency_key(
+        &self,
+        key: &str,
+        request_sha256: &str,
+    ) -> Result<Claim, StoreError> {
+        let step = Step::ClaimKey {
+            key: key.to_owned(),
+            request_sha256: request_sha256.to_owned(),
+        };
+        match self.writer.call(step).await? {
+            Output::Claimed(claim) => Ok(claim),
+            _ => Err(mismatch()),
+        }
+    }
+
+    /// Gives up a claim whose request did not make a job.
+    pub async fn release_idempotency_key(&self, key: &str) -> Result<(), StoreError> {
+        match self.writer.call(Step::ReleaseKey(key.to_owned())).await? {
+            Output::Recorded => Ok(()),
+            _ => Err(mismatch()),
+        }
+    }
+
+    /// Keeps the answer given to the request with this key.
+    pub async fn store_idempotent_answer(
+        &self,
+        key: &str,
+        response: &str,
+    ) -> Result<(), StoreError> {
+        let step = Step::StoreAnswer {
+            key: key.to_owned(),
+            response: response.to_owned(),
+        };
+        match self.writer.call(step).await? {
+            Output::Recorded => Ok(()),
+            _ => Err(mismatch()),
+        }
     }
 
     /// Changes whenever a commit made deliveries due.

@@ -24,6 +24,7 @@ use super::{
     outbox::{self, AttemptRecord, ReplayChunk, ReplayedChunk, SinkRoute},
     prune::{self, PruneCutoffs, PruneReport, PruneStep},
     reconcile::{self, ReconcileSummary, RemoteReport},
+    submissions::{self, Claim, Submission, SubmissionResult},
     tokens::{self, Tokens},
 };
 use rusqlite::{Connection, ErrorCode, Transaction};
@@ -43,6 +44,20 @@ pub(super) enum Step {
     Reconcile(Box<RemoteReport>),
     Settle(Vec<Settlement>),
     Prune(Box<PruneCutoffs>),
+    Submit(Box<Submission>),
+    Access {
+        finetune_id: String,
+        public: bool,
+    },
+    ClaimKey {
+        key: String,
+        request_sha256: String,
+    },
+    ReleaseKey(String),
+    StoreAnswer {
+        key: String,
+        response: String,
+    },
     RecordPrune(Box<PruneReport>),
     /// Commit what came before, refuse what comes after, checkpoint and
     /// close the database.
@@ -59,6 +74,10 @@ pub(super) enum Output {
     Reconciled(ReconcileSummary),
     Settled(ConfirmSummary),
     Pruned(PruneStep),
+    Submitted(SubmissionResult),
+    /// Deliveries made; `None`: no such job.
+    AccessRecorded(Option<usize>),
+    Claimed(Claim),
 }
 
 type ReplyTo = oneshot::Sender<Result<Output, StoreError>>;
@@ -325,6 +344,11 @@ impl Writer {
                         deliveries: 1..,
                         ..
                     })
+                    | Output::Submitted(SubmissionResult {
+                        deliveries: 1..,
+                        ..
+                    })
+                    | Output::AccessRecorded(Some(1..))
                     | Output::Settled(ConfirmSummary {
                         deliveries: 1..,
                         ..
@@ -584,6 +608,30 @@ fn run_step(conn: &Connection, step: &Step, routes: &[SinkRoute]) -> rusqlite::R
         Step::Reconcile(report) => Output::Reconciled(reconcile::apply(conn, report, routes)?),
         Step::Settle(settlements) => Output::Settled(confirm::settle(conn, settlements, routes)?),
         Step::Prune(cutoffs) => Output::Pruned(prune::step(conn, cutoffs)?),
+        Step::Submit(submission) => {
+            Output::Submitted(submissions::record(conn, submission, routes)?)
+        }
+        Step::Access {
+            finetune_id,
+            public,
+        } => Output::AccessRecorded(submissions::record_access(
+            conn,
+            finetune_id,
+            *public,
+            routes,
+        )?),
+        Step::ClaimKey {
+            key,
+            request_sha256,
+        } => Output::Claimed(submissions::claim(conn, key, request_sha256)?),
+        Step::ReleaseKey(key) => {
+            submissions::release(conn, key)?;
+            Output::Recorded
+        }
+        Step::StoreAnswer { key, response } => {
+            submissions::store_answer(conn, key, response)?;
+            Output::Recorded
+        }
         Step::RecordPrune(report) => {
             prune::record(conn, report)?;
             Output::Recorded

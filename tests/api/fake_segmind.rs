@@ -1,14 +1,17 @@
 //! A fake Segmind API: a real HTTP server on 127.0.0.1, port 0, that checks
 //! what Segmind requires (method, path, the `x-api-key` header, the JSON
-//! body on its GET endpoints) and answers as the test sets it up.
+//! body on its GET endpoints) and answers as the test sets it up. It also
+//! plays Segmind's upload bucket (pre-signed URLs point back to it, and a
+//! `PUT` there is kept) and hosts datasets at public URLs of every kind a
+//! dataset check must catch (`/datasets/...`).
 
 use axum::{
     Json, Router,
-    body::Bytes,
-    extract::{Multipart, State},
+    body::{Body, Bytes},
+    extract::{Multipart, Path, State},
     http::{HeaderMap, Method, StatusCode, Uri},
     response::{IntoResponse, Response},
-    routing::{get, post, put},
+    routing::{any, get, post, put},
 };
 use serde_json::{Value, json};
 use std::{
@@ -48,6 +51,13 @@ struct Inner {
     answers: Vec<ListAnswer>,
     calls: Vec<Call>,
     access: Vec<(String, String)>,
+    /// The next answers of the submit endpoint, in order; then success.
+    submit_answers: Vec<(u16, String)>,
+    submitted: usize,
+    /// Files PUT to pre-signed URLs, by name.
+    uploads: HashMap<String, Vec<u8>>,
+    /// This server's own address, for the URLs it hands out.
+    base: String,
 }
 
 #[derive(Clone, Default)]
@@ -67,6 +77,8 @@ impl FakeSegmind {
             .route("/finetune/request/list", get(list))
             .route("/finetune/request/upload/pre-signed-url", get(presigned))
             .route("/finetune/request/access-update", put(access_update))
+            .route("/uploads/{name}", put(upload))
+            .route("/datasets/{name}", any(dataset))
             .fallback(|method: Method, uri: Uri| async move {
                 (StatusCode::NOT_FOUND, format!("no route {method} {uri}"))
             })
@@ -75,6 +87,7 @@ impl FakeSegmind {
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
+        shared.0.lock().expect("lock").base = format!("http://{addr}");
         tokio::spawn(async move { axum::serve(listener, app).await });
         FakeSegmind { addr, shared }
     }
@@ -115,6 +128,30 @@ impl FakeSegmind {
 
     pub fn access_updates(&self) -> Vec<(String, String)> {
         self.with(|i| i.access.clone())
+    }
+
+    /// The next answers of the submit endpoint (status, body), in order.
+    pub fn answer_submit(&self, answers: Vec<(u16, &str)>) {
+        self.with(|i| {
+            i.submit_answers = answers
+                .into_iter()
+                .map(|(s, b)| (s, b.to_owned()))
+                .collect()
+        });
+    }
+
+    /// What was PUT to the pre-signed URL for `name`.
+    pub fn upload(&self, name: &str) -> Option<Vec<u8>> {
+        self.with(|i| i.uploads.get(name).cloned())
+    }
+
+    /// A public URL of a dataset this server hosts: `ok.zip` (a ZIP's first
+    /// bytes, with a Content-Length), `no-head.zip` (HEAD refused),
+    /// `no-length.zip` (HEAD without Content-Length), `huge.zip` (150 MB by
+    /// its Content-Length), `page.zip` (an HTML page), `moved.zip` (a
+    /// redirect to `ok.zip`), `loop.zip` (redirects without end).
+    pub fn dataset_url(&self, name: &str) -> String {
+        format!("{}/datasets/{name}", self.url())
     }
 }
 
@@ -165,8 +202,28 @@ async fn submit(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) -
             return bad_request(&format!("missing {key}"));
         }
     }
-    Json(json!({"status": "REQUESTED", "request_id": "new-job-1", "name": body["name"]}))
-        .into_response()
+    let answer = {
+        let Ok(mut inner) = shared.0.lock() else {
+            return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+        };
+        if inner.submit_answers.is_empty() {
+            inner.submitted += 1;
+            Ok(inner.submitted)
+        } else {
+            Err(inner.submit_answers.remove(0))
+        }
+    };
+    match answer {
+        Ok(n) => Json(
+            json!({"status": "REQUESTED", "request_id": format!("new-job-{n}"), "name": body["name"]}),
+        )
+        .into_response(),
+        Err((status, body)) => (
+            StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            body,
+        )
+            .into_response(),
+    }
 }
 
 async fn details(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
@@ -243,9 +300,10 @@ async fn presigned(State(shared): State<Shared>, headers: HeaderMap, body: Bytes
     let Some(name) = body["name"].as_str() else {
         return bad_request("name is required in the body");
     };
+    let base = shared.0.lock().map(|i| i.base.clone()).unwrap_or_default();
     Json(json!({
-        "presigned_url": format!("https://uploads.example/{name}?X-Amz-Signature=abc"),
-        "s3_url": format!("https://uploads.example/{name}")
+        "presigned_url": format!("{base}/uploads/{name}?X-Amz-Signature=abc"),
+        "s3_url": format!("{base}/uploads/{name}")
     }))
     .into_response()
 }
@@ -276,4 +334,52 @@ async fn access_update(
         inner.access.push((id.clone(), public.clone()));
     }
     (StatusCode::OK, "200").into_response()
+}
+
+/// A pre-signed upload: S3 takes the body as it is, without `x-api-key`,
+/// and only with the signature in the query.
+async fn upload(
+    State(shared): State<Shared>,
+    Path(name): Path<String>,
+    uri: Uri,
+    body: Bytes,
+) -> Response {
+    if !uri.query().unwrap_or_default().contains("X-Amz-Signature=") {
+        return (StatusCode::FORBIDDEN, "missing signature").into_response();
+    }
+    if let Ok(mut inner) = shared.0.lock() {
+        inner.uploads.insert(name, body.to_vec());
+    }
+    StatusCode::OK.into_response()
+}
+
+async fn dataset(method: Method, Path(name): Path<String>, headers: HeaderMap) -> Response {
+    const ZIP_HEAD: &[u8] = b"PK\x03\x04rest-of-the-archive";
+    let head = method == Method::HEAD;
+    let ranged = |bytes: &'static [u8]| -> Response {
+        // Segmind's GET asks for the first bytes only.
+        if headers.contains_key("range") {
+            (StatusCode::PARTIAL_CONTENT, &bytes[..4]).into_response()
+        } else {
+            bytes.into_response()
+        }
+    };
+    match name.as_str() {
+        "ok.zip" | "no-length.zip" | "huge.zip" if !head => ranged(ZIP_HEAD),
+        "ok.zip" => ZIP_HEAD.into_response(),
+        "no-head.zip" if head => StatusCode::METHOD_NOT_ALLOWED.into_response(),
+        "no-head.zip" => ranged(ZIP_HEAD),
+        // A streamed body has no length to announce.
+        "no-length.zip" => Response::new(Body::from_stream(futures::stream::iter(vec![Ok::<
+            _,
+            std::io::Error,
+        >(
+            Bytes::from_static(ZIP_HEAD),
+        )]))),
+        "huge.zip" => ([("content-length", "150000000")], Body::empty()).into_response(),
+        "page.zip" => ranged(b"<html>a download page</html>"),
+        "moved.zip" => (StatusCode::FOUND, [("location", "/datasets/ok.zip")]).into_response(),
+        "loop.zip" => (StatusCode::FOUND, [("location", "/datasets/loop.zip")]).into_response(),
+        _ => StatusCode::NOT_FOUND.into_response(),
+    }
 }

@@ -5,6 +5,7 @@ mod confirmation;
 mod delivery;
 mod fake_segmind;
 mod fake_sink;
+mod finetunes;
 mod follow_through;
 mod helpers;
 mod hostile;
