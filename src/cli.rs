@@ -1,5 +1,9 @@
 //! The command line: `serve`, `migrate`, `check-config`, `tokens`,
-//! `healthcheck`, `reconcile`, `prune` and `send-test-event`. `main.rs` only parses and calls [`run`].
+//! `healthcheck`, `reconcile`, `prune`, `send-test-event`, and `segmind …`
+//! (in `segmind`) to drive Segmind's fine-tune API. `main.rs` only parses
+//! and calls [`run`].
+
+mod segmind;
 
 use crate::{app::Application, config::Settings, store::Store, telemetry};
 use anyhow::Context;
@@ -56,6 +60,14 @@ pub enum Command {
         #[arg(long = "dry-run")]
         dry_run: bool,
     },
+    /// Drive Segmind's fine-tune API: upload, submit, list, details, access (needs SEGMIND_API_KEY).
+    #[command(
+        after_help = "Exit codes: 0 success, 2 a check failed (nothing was sent), 1 Segmind or the network failed.\n\nExample:\n  tunehook segmind submit --name me --dataset photos.zip --instance-prompt 'a photo of TOK'"
+    )]
+    Segmind {
+        #[command(subcommand)]
+        command: segmind::SegmindCommand,
+    },
     /// POST a Segmind-shaped webhook to URL and print the response.
     #[command(
         after_help = "Example:\n  tunehook send-test-event http://127.0.0.1:8080/webhooks/segmind/TOKEN \\\n    --event AVAILABLE --finetune-id ft_123 --name my-model"
@@ -103,6 +115,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         }
         Command::Tokens => tokens(settings).await,
         Command::Reconcile => reconcile(settings).await,
+        Command::Segmind { command } => return segmind::run(settings, command).await,
         Command::Prune {
             older_than,
             dry_run,

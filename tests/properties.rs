@@ -127,7 +127,11 @@ fn status_pool() -> impl Strategy<Value = Status> {
 }
 
 fn source() -> impl Strategy<Value = Source> {
-    prop_oneof![Just(Source::Webhook), Just(Source::Reconcile)]
+    prop_oneof![
+        Just(Source::Webhook),
+        Just(Source::Reconcile),
+        Just(Source::Api)
+    ]
 }
 
 proptest! {

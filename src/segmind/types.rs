@@ -2,11 +2,12 @@
 //! are ignored, nulls and missing values tolerated, and values that arrive
 //! as numbers or booleans where text was expected are kept as text.
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
-/// A fine-tune job as `list` and `details` describe it.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+/// A fine-tune job as `list` and `details` describe it (and as
+/// `tunehook segmind list --json` prints it).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(default)]
 pub struct RemoteJob {
     #[serde(deserialize_with = "text")]
