@@ -392,3 +392,53 @@ async fn list_details_and_access_print_a_table_or_json() {
         [("ft_1".to_owned(), "True".to_owned())]
     );
 }
+
+#[tokio::test]
+async fn access_on_a_job_submitted_from_here_is_recorded_on_it() {
+    let fake = FakeSegmind::start().await;
+    let dir = tempfile::tempdir().expect("a folder");
+    let url = fake.dataset_url("ok.zip");
+    let submitted = run_with(
+        &fake,
+        dir.path(),
+        &[
+            "segmind",
+            "submit",
+            "--name",
+            "me",
+            "--dataset",
+            &url,
+            "--instance-prompt",
+            "p",
+        ],
+    )
+    .await;
+    assert_eq!(submitted.code, Some(0), "{}", submitted.stderr);
+    let access = run_with(
+        &fake,
+        dir.path(),
+        &["segmind", "access", "new-job-1", "--public", "true"],
+    )
+    .await;
+    assert_eq!(access.code, Some(0), "{}", access.stderr);
+    assert_eq!(access.stdout.trim(), "new-job-1 is now public");
+
+    let settings = DatabaseSettings {
+        url: format!("sqlite://{}", dir.path().join("tunehook.db").display()),
+        ..DatabaseSettings::default()
+    };
+    let (store, writer) = Store::open(&settings, Vec::new())
+        .await
+        .expect("the database");
+    let job = store
+        .job("new-job-1")
+        .await
+        .expect("a read")
+        .expect("recorded");
+    assert_eq!(
+        serde_json::to_value(job).expect("json")["public_model"],
+        true
+    );
+    drop(store);
+    writer.finished().await.expect("closed");
+}

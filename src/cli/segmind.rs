@@ -14,7 +14,7 @@ use crate::{
     dataset::{self, local::check_zip, remote::UrlChecker},
     domain::finetune_request::{self, DatasetLocation, SubmitRequest},
     segmind::{SegmindClient, upload::Uploader},
-    store::{Store, Submission},
+    store::{Store, Submission, WriterTask},
 };
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
@@ -391,16 +391,8 @@ fn pretty(request: &SubmitRequest) -> Result<String, Failure> {
 /// from REQUESTED. The job exists at Segmind whatever happens here, so a
 /// database that cannot be reached is a warning, not a failure.
 async fn record(settings: &Settings, finetune_id: String, request: SubmitRequest) {
-    let opened = Store::open(&settings.database, crate::delivery::routes(&settings.sinks)).await;
-    let (store, writer) = match opened {
-        Ok(opened) => opened,
-        Err(e) => {
-            eprintln!(
-                "warning: submitted, but not recorded: cannot open the database at {}: {e}",
-                settings.database.url
-            );
-            return;
-        }
+    let Some((store, writer)) = open_store(settings, "submitted").await else {
+        return;
     };
     let recorded = store
         .record_submission(Submission {
@@ -409,14 +401,48 @@ async fn record(settings: &Settings, finetune_id: String, request: SubmitRequest
             idempotency_key: None,
         })
         .await;
+    close_store(store, writer).await;
+    match recorded {
+        Ok(_) => eprintln!("recorded as REQUESTED in {}", settings.database.url),
+        Err(e) => eprintln!("warning: submitted, but not recorded: {e}"),
+    }
+}
+
+/// Records a model's new access on the local job, when there is one.
+async fn record_access(settings: &Settings, finetune_id: &str, public: bool) {
+    let Some((store, writer)) = open_store(settings, "changed at Segmind").await else {
+        return;
+    };
+    let recorded = store.record_access(finetune_id, public).await;
+    close_store(store, writer).await;
+    match recorded {
+        Ok(Some(_)) => eprintln!("recorded on the job in {}", settings.database.url),
+        Ok(None) => {}
+        Err(e) => eprintln!("warning: changed at Segmind, but not recorded: {e}"),
+    }
+}
+
+/// The local database, opened the way `tunehook reconcile` opens it (WAL
+/// lets this run beside the service); `None`, with a warning, when it
+/// cannot be opened.
+async fn open_store(settings: &Settings, done: &str) -> Option<(Store, WriterTask)> {
+    match Store::open(&settings.database, crate::delivery::routes(&settings.sinks)).await {
+        Ok(opened) => Some(opened),
+        Err(e) => {
+            eprintln!(
+                "warning: {done}, but not recorded: cannot open the database at {}: {e}",
+                settings.database.url
+            );
+            None
+        }
+    }
+}
+
+async fn close_store(store: Store, writer: WriterTask) {
     drop(store);
     let closed = tokio::time::timeout(Duration::from_secs(30), writer.finished()).await;
     if !matches!(closed, Ok(Ok(()))) {
         eprintln!("warning: the database did not close cleanly");
-    }
-    match recorded {
-        Ok(_) => eprintln!("recorded as REQUESTED in {}", settings.database.url),
-        Err(e) => eprintln!("warning: submitted, but not recorded: {e}"),
     }
 }
 
@@ -484,6 +510,7 @@ async fn access(settings: &Settings, id: &str, public: bool, as_json: bool) -> R
         .access_update(id, public)
         .await
         .map_err(remote)?;
+    record_access(settings, id, public).await;
     if as_json {
         println!("{}", json!({"finetune_id": id, "public": public}));
     } else {

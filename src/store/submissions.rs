@@ -182,3 +182,94 @@ pub(super) fn store_answer(conn: &Connection, key: &str, response: &str) -> rusq
     .execute((key, response))?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use rusqlite::Connection;
+    use std::path::PathBuf;
+
+    /// The migrations in order, split at the one that allows source `api`.
+    fn migrations() -> (Vec<PathBuf>, PathBuf) {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("migrations");
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .expect("the migrations folder")
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "sql"))
+            .collect();
+        files.sort();
+        let at = files
+            .iter()
+            .position(|p| p.to_string_lossy().ends_with("_submissions.sql"))
+            .expect("the submissions migration");
+        let this = files.remove(at);
+        files.truncate(at);
+        (files, this)
+    }
+
+    #[test]
+    fn the_transitions_rebuild_keeps_every_row_and_then_takes_source_api() {
+        let conn = Connection::open_in_memory().expect("a database");
+        let (before, this) = migrations();
+        for file in &before {
+            conn.execute_batch(&std::fs::read_to_string(file).expect("read"))
+                .expect("an earlier migration");
+        }
+        conn.execute_batch(
+            "INSERT INTO receipts (id, received_at, body, body_sha256, headers, outcome)
+                VALUES (7, 't0', x'7b7d', 'h', '{}', 'applied');
+             INSERT INTO jobs (finetune_id, status, status_rank, first_seen_at, updated_at)
+                VALUES ('ft', 'TRAINING', 2, 't0', 't1');
+             INSERT INTO transitions (event_id, finetune_id, from_status, to_status, source,
+                observed_at, receipt_id)
+                VALUES ('tr_1', 'ft', NULL, 'QUEUED', 'webhook', 't0', 7),
+                       ('tr_2', 'ft', 'QUEUED', 'TRAINING', 'reconcile', 't1', NULL);",
+        )
+        .expect("rows of the earlier schema");
+        let refused = conn.execute(
+            "INSERT INTO transitions (event_id, finetune_id, to_status, source, observed_at)
+             VALUES ('tr_x', 'ft', 'REQUESTED', 'api', 't2')",
+            [],
+        );
+        assert!(refused.is_err(), "the earlier schema takes no source api");
+
+        conn.pragma_update(None, "foreign_keys", false)
+            .expect("keys off, as migrations run");
+        conn.execute_batch(&std::fs::read_to_string(&this).expect("read"))
+            .expect("this migration");
+        let rows: Vec<(String, String, Option<i64>)> = conn
+            .prepare("SELECT event_id, source, receipt_id FROM transitions ORDER BY id")
+            .expect("a query")
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .expect("rows")
+            .collect::<Result<_, _>>()
+            .expect("rows");
+        assert_eq!(
+            rows,
+            [
+                ("tr_1".to_owned(), "webhook".to_owned(), Some(7)),
+                ("tr_2".to_owned(), "reconcile".to_owned(), None),
+            ]
+        );
+        conn.execute(
+            "INSERT INTO transitions (event_id, finetune_id, to_status, source, observed_at)
+             VALUES ('tr_3', 'ft', 'REQUESTED', 'api', 't2')",
+            [],
+        )
+        .expect("source api is taken");
+        let broken: i64 = conn
+            .query_row("SELECT COUNT(*) FROM pragma_foreign_key_check", [], |r| {
+                r.get(0)
+            })
+            .expect("a check");
+        assert_eq!(broken, 0);
+        let indexed: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND tbl_name = 'transitions'
+                 AND name NOT LIKE 'sqlite_autoindex%'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("a count");
+        assert!(indexed >= 1, "the index by receipt is made again");
+    }
+}

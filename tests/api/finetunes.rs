@@ -417,3 +417,20 @@ async fn a_refused_upload_shows_the_status_and_never_the_signature() {
     );
     assert!(fake.upload("set.zip").is_none());
 }
+
+#[tokio::test]
+async fn a_webhook_that_beats_the_submission_keeps_its_status_and_the_job_gains_what_was_sent() {
+    let fake = FakeSegmind::start().await;
+    let app = app_for(&fake).await;
+    // Segmind's ids are predictable here: its first job is new-job-1.
+    let (status, body) = app
+        .post(json!({"event": "TRAINING", "finetune_id": "new-job-1"}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, job, _) = submit(&app, &request(&fake), None).await;
+    assert_eq!(status, StatusCode::CREATED, "{job}");
+    assert_eq!(job["status"], "TRAINING");
+    assert_eq!(transition_statuses(&job), ["TRAINING"]);
+    assert_eq!(job["name"], "portrait");
+    assert_eq!(job["theme"], "CHARACTER");
+}
