@@ -67,7 +67,7 @@ pub async fn submit(
             })
             .collect(),
     })?;
-    let client = segmind_client(&state)?;
+    segmind_client(&state)?;
     let key = idempotency_key(&headers)?;
     if let Some(key) = &key {
         let hash = hex::encode(Sha256::digest(
@@ -93,7 +93,25 @@ pub async fn submit(
             }
         }
     }
-    let submitted = send(&state, client, &request).await;
+    // Once claimed, the submission runs to its end on a task of its own:
+    // a client that disconnects, or the request timeout, must not leave a
+    // job paid for at Segmind but unrecorded here, or a key claimed forever.
+    let task = tokio::spawn(complete(state.clone(), request, key));
+    task.await
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("the submission task failed: {e}")))?
+}
+
+/// Sends a checked request to Segmind, records the job and keeps the
+/// answer for the request's `Idempotency-Key`.
+async fn complete(
+    state: AppState,
+    request: SubmitRequest,
+    key: Option<String>,
+) -> Result<Response, ApiError> {
+    let submitted = match segmind_client(&state) {
+        Ok(client) => send(&state, client, &request).await,
+        Err(e) => Err(e),
+    };
     let finetune_id = match submitted {
         Ok(id) => id,
         Err(e) => {
@@ -104,7 +122,7 @@ pub async fn submit(
             return Err(e);
         }
     };
-    state
+    let recorded = state
         .store
         .record_submission(Submission {
             finetune_id: finetune_id.clone(),
@@ -112,6 +130,9 @@ pub async fn submit(
             idempotency_key: key.clone(),
         })
         .await?;
+    if recorded.transition {
+        crate::telemetry::metrics::transition("REQUESTED", "api");
+    }
     let job = jobs::detail(&state, &finetune_id).await?;
     let text = serde_json::to_string(&job).map_err(|e| ApiError::Internal(e.into()))?;
     if let Some(key) = &key {
