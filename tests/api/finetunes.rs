@@ -434,3 +434,64 @@ async fn a_webhook_that_beats_the_submission_keeps_its_status_and_the_job_gains_
     assert_eq!(job["name"], "portrait");
     assert_eq!(job["theme"], "CHARACTER");
 }
+
+/// The `data:` of the next `n` messages of a Server-Sent Events stream,
+/// within 10 s.
+async fn stream_data(response: reqwest::Response, n: usize) -> Vec<Value> {
+    use futures::StreamExt;
+    let mut chunks = response.bytes_stream();
+    let mut buffer = String::new();
+    let mut found = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while found.len() < n {
+        if let Some(end) = buffer.find("\n\n") {
+            let block: String = buffer.drain(..end + 2).collect();
+            if let Some(data) = block.lines().find_map(|l| l.strip_prefix("data:")) {
+                found.push(serde_json::from_str(data.trim()).expect("JSON data"));
+            }
+            continue;
+        }
+        match tokio::time::timeout_at(deadline, chunks.next()).await {
+            Ok(Some(Ok(bytes))) => buffer.push_str(&String::from_utf8_lossy(&bytes)),
+            other => panic!("the stream ended or stalled after {found:?}: {other:?}"),
+        }
+    }
+    found
+}
+
+#[tokio::test]
+async fn a_live_stream_sees_a_submitted_job_from_requested_to_available_in_order() {
+    let fake = FakeSegmind::start().await;
+    let app = app_for(&fake).await;
+    let stream = reqwest::Client::new()
+        .get(app.url("/v1/events"))
+        .bearer_auth(&app.api_token)
+        .send()
+        .await
+        .expect("the stream opens");
+    assert_eq!(stream.status(), StatusCode::OK);
+    let (status, _, _) = submit(&app, &request(&fake), None).await;
+    assert_eq!(status, StatusCode::CREATED);
+    for event in ["TRAINING_COMPLETED", "AVAILABLE"] {
+        app.post(json!({"event": event, "finetune_id": "new-job-1"}))
+            .await;
+    }
+    let seen: Vec<(String, String)> = stream_data(stream, 3)
+        .await
+        .iter()
+        .map(|e| {
+            (
+                e["data"]["status"].as_str().unwrap_or_default().to_owned(),
+                e["data"]["source"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("REQUESTED".into(), "api".into()),
+            ("TRAINING_COMPLETED".into(), "webhook".into()),
+            ("AVAILABLE".into(), "webhook".into()),
+        ]
+    );
+}
