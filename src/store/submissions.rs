@@ -272,4 +272,57 @@ mod tests {
             .expect("a count");
         assert!(indexed >= 1, "the index by receipt is made again");
     }
+
+    fn migrated() -> Connection {
+        let conn = Connection::open_in_memory().expect("a database");
+        let (before, this) = migrations();
+        for file in before.iter().chain([&this]) {
+            conn.execute_batch(&std::fs::read_to_string(file).expect("read"))
+                .expect("a migration");
+        }
+        conn
+    }
+
+    #[test]
+    fn a_key_is_claimed_once_then_answers_by_its_state() {
+        use super::{Claim, claim, release};
+        let conn = migrated();
+        assert_eq!(claim(&conn, "k", "h1").expect("claim"), Claim::Fresh);
+        assert_eq!(claim(&conn, "k", "h1").expect("claim"), Claim::InProgress);
+        assert_eq!(claim(&conn, "k", "h2").expect("claim"), Claim::Mismatch);
+
+        release(&conn, "k").expect("release");
+        assert_eq!(claim(&conn, "k", "h2").expect("claim"), Claim::Fresh);
+        conn.execute(
+            "UPDATE idempotency_keys SET finetune_id = 'ft' WHERE key = 'k'",
+            [],
+        )
+        .expect("a job");
+        release(&conn, "k").expect("a key with a job stays");
+        assert_eq!(
+            claim(&conn, "k", "h2").expect("claim"),
+            Claim::Done {
+                finetune_id: "ft".into(),
+                response: None
+            }
+        );
+    }
+
+    #[test]
+    fn an_abandoned_claim_is_taken_over_and_a_completed_one_never_is() {
+        use super::{Claim, claim};
+        let conn = migrated();
+        conn.execute_batch(
+            "INSERT INTO idempotency_keys (key, request_sha256, claimed_at)
+                VALUES ('old', 'h', '2000-01-01T00:00:00.000000Z');
+             INSERT INTO idempotency_keys (key, request_sha256, claimed_at, finetune_id)
+                VALUES ('done', 'h', '2000-01-01T00:00:00.000000Z', 'ft');",
+        )
+        .expect("old claims");
+        assert_eq!(claim(&conn, "old", "h").expect("claim"), Claim::Fresh);
+        assert!(matches!(
+            claim(&conn, "done", "h").expect("claim"),
+            Claim::Done { .. }
+        ));
+    }
 }
