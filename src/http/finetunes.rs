@@ -157,6 +157,10 @@ async fn send(
         }
     };
     let report = state.url_checker.check(url).await;
+    for note in &report.notes {
+        // Redirects and skipped checks: worth a line, not a refusal.
+        tracing::info!(note = %note, "dataset check");
+    }
     if !report.is_ok() {
         return Err(invalid_dataset(
             report.problems.iter().map(ToString::to_string).collect(),
