@@ -442,3 +442,63 @@ async fn access_on_a_job_submitted_from_here_is_recorded_on_it() {
     drop(store);
     writer.finished().await.expect("closed");
 }
+
+#[tokio::test]
+async fn watch_follows_a_job_on_a_running_tunehook_and_exits_0_at_available() {
+    use tokio::io::AsyncBufReadExt;
+    let dir = tempfile::tempdir().expect("dir");
+    let mut settings = tunehook::config::Settings::default();
+    settings.server.listen = "127.0.0.1:0".into();
+    settings.database.url = format!("sqlite://{}", dir.path().join("served.db").display());
+    let app = tunehook::app::Application::build(settings)
+        .await
+        .expect("the app starts");
+    let base = format!("http://{}", app.local_addr());
+    let (ingest, api) = (
+        app.ingest_token().expose().to_owned(),
+        app.api_token().expose().to_owned(),
+    );
+    let shutdown = app.shutdown_token();
+    let served = tokio::spawn(app.run());
+    let post = |event: &'static str| {
+        let url = format!("{base}/webhooks/segmind/{ingest}");
+        async move {
+            reqwest::Client::new()
+                .post(url)
+                .json(&json!({"event": event, "finetune_id": "ft_watched"}))
+                .send()
+                .await
+                .expect("posted");
+        }
+    };
+    post("TRAINING").await;
+
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tunehook"))
+        .current_dir(dir.path())
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("TUNEHOOK_API_TOKEN", &api)
+        .args(["segmind", "watch", "ft_watched", "--url", &base])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("the binary runs");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let first = tokio::time::timeout(std::time::Duration::from_secs(20), lines.next_line())
+        .await
+        .expect("a first line")
+        .expect("readable");
+    assert_eq!(first.as_deref(), Some("ft_watched: TRAINING"));
+    post("AVAILABLE").await;
+    let status = tokio::time::timeout(std::time::Duration::from_secs(20), child.wait())
+        .await
+        .expect("watch exits")
+        .expect("an exit status");
+    let rest = lines.next_line().await.expect("readable");
+    assert_eq!(
+        rest.as_deref(),
+        Some("ft_watched: TRAINING → AVAILABLE (webhook)")
+    );
+    assert_eq!(status.code(), Some(0));
+    shutdown.cancel();
+    let _ = served.await;
+}

@@ -62,6 +62,17 @@ pub enum SegmindCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Follow one job live from a running tunehook until it finishes: exit 0 when it is
+    /// AVAILABLE, 1 when it fails.
+    #[command(
+        after_help = "Example:\n  tunehook segmind watch ft_123\n  tunehook segmind watch ft_123 --url http://tunehook:8080"
+    )]
+    Watch {
+        id: String,
+        /// The running tunehook (default: the configured listen address).
+        #[arg(long, value_name = "URL")]
+        url: Option<String>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -127,6 +138,7 @@ pub async fn run(settings: Settings, command: SegmindCommand) -> ExitCode {
         SegmindCommand::List { json } => list(&settings, json).await,
         SegmindCommand::Details { id, json } => details(&settings, &id, json).await,
         SegmindCommand::Access { id, public, json } => access(&settings, &id, public, json).await,
+        SegmindCommand::Watch { id, url } => watch(&settings, &id, url.as_deref()).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -141,6 +153,45 @@ pub async fn run(settings: Settings, command: SegmindCommand) -> ExitCode {
             eprintln!("error: {message}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Follows a job on a running tunehook with its API token (configured, or
+/// the one generated in the database).
+async fn watch(settings: &Settings, id: &str, url: Option<&str>) -> Result<(), Failure> {
+    let token = match &settings.api.token {
+        Some(token) => token.expose().to_owned(),
+        None => {
+            let (store, writer) = Store::open(&settings.database, Vec::new())
+                .await
+                .map_err(|e| remote(format!("cannot open the database for the API token: {e}")))?;
+            let tokens = store.generated_tokens().await.map_err(remote)?;
+            drop(store);
+            let _ = writer.finished().await;
+            tokens.api
+        }
+    };
+    let base = match url {
+        Some(url) => url.to_owned(),
+        None => local_url(&settings.server.listen),
+    };
+    let ending = crate::watch::watch(&base, &token, id, |line| println!("{line}"))
+        .await
+        .map_err(|e| remote(format!("{e:#}")))?;
+    match ending {
+        crate::watch::Ending::Available => Ok(()),
+        crate::watch::Ending::Failed(status) => {
+            Err(Failure::Remote(format!("{id} finished {status}")))
+        }
+    }
+}
+
+/// The listen address as a URL this machine can reach.
+fn local_url(listen: &str) -> String {
+    match listen.parse::<std::net::SocketAddr>() {
+        Ok(addr) if addr.ip().is_unspecified() => format!("http://127.0.0.1:{}", addr.port()),
+        Ok(addr) => format!("http://{addr}"),
+        Err(_) => format!("http://{listen}"),
     }
 }
 
