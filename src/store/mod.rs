@@ -86,7 +86,7 @@ impl Store {
         routes: Vec<SinkRoute>,
     ) -> Result<(Store, WriterTask), StoreError> {
         let options = connect_options(settings)?;
-        create_parent_dir(options.get_filename())?;
+        prepare_files(options.get_filename())?;
         migrate(&options).await?;
         let conn = open_writer(options.get_filename(), settings)?;
         let checkpointer = checkpoint::open(options.get_filename(), settings.busy_timeout)
@@ -125,7 +125,7 @@ impl Store {
     /// Applies the migrations and returns; used by `tunehook migrate`.
     pub async fn migrate_only(settings: &DatabaseSettings) -> Result<usize, StoreError> {
         let options = connect_options(settings)?;
-        create_parent_dir(options.get_filename())?;
+        prepare_files(options.get_filename())?;
         migrate(&options).await?;
         Ok(MIGRATOR.iter().count())
     }
@@ -326,10 +326,60 @@ fn open_writer(
     })
 }
 
+/// Creates the database's folder, when missing, readable by tunehook's user
+/// alone (0700): it holds the tokens and every payload.
 fn create_parent_dir(file: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::DirBuilderExt;
     match file.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() && !dir.exists() => std::fs::create_dir_all(dir)
+        Some(dir) if !dir.as_os_str().is_empty() && !dir.exists() => std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
             .map_err(|e| StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))),
         _ => Ok(()),
     }
+}
+
+/// Creates the database file, when missing, as 0600 before SQLite opens it.
+/// SQLite gives its write-ahead log and shared-memory files the database
+/// file's mode, so they are 0600 too. A file that already exists keeps its
+/// mode, with a warning when other users can read it.
+fn create_private_file(file: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let created = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(file);
+    match created {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            if let Ok(meta) = std::fs::metadata(file) {
+                let mode = meta.permissions().mode() & 0o777;
+                if mode & 0o077 != 0 {
+                    tracing::warn!(
+                        file = %file.display(),
+                        mode = %format!("{mode:04o}"),
+                        "the database file (tokens and every payload) is open to other users; fix: chmod 600 {}",
+                        file.display()
+                    );
+                }
+            }
+            Ok(())
+        }
+        Err(e) => Err(StoreError::Unavailable(format!(
+            "cannot create {}: {e}",
+            file.display()
+        ))),
+    }
+}
+
+/// The folder and file the database lives in, created private when missing.
+fn prepare_files(file: &Path) -> Result<(), StoreError> {
+    create_parent_dir(file)?;
+    // `sqlite::memory:` and the like name no file to create.
+    if file.as_os_str().is_empty() || file.as_os_str() == ":memory:" {
+        return Ok(());
+    }
+    create_private_file(file)
 }
