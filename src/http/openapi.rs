@@ -28,6 +28,7 @@ use utoipa::{
         super::deliveries::retry,
         super::status::status,
         super::status::reconcile,
+        super::tokens::rotate,
         super::health::healthz,
         super::health::readyz,
         super::metrics::metrics,

@@ -5,7 +5,7 @@
 //! same transaction as the job change it causes, before it is answered: a
 //! 2xx means it is on disk; when the database cannot take it, 503.
 
-use super::{AppState, auth::token_matches, error::ApiError};
+use super::{AppState, error::ApiError};
 use crate::{
     domain::Payload,
     store::{IngestRequest, Outcome},
@@ -80,8 +80,8 @@ async fn store(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<ReceiptResponse, ApiError> {
-    if !token_matches(token, state.ingest_token.expose()) {
-        tracing::warn!("webhook with a wrong token; nothing stored");
+    if !state.credentials.ingest.matches(token) {
+        state.credentials.ingest_failures.failed();
         return Err(ApiError::Unauthorized);
     }
     let body = read_body(headers, body, state.max_body_bytes).await?;

@@ -31,9 +31,9 @@ pub use outbox::{
     ReplayRequest, Replayed, SinkHealth, SinkRoute, TransitionDelivery,
 };
 pub use prune::{PRUNE_BYTES, PRUNE_ROWS, PruneCounts, PruneCutoffs, PruneReport, PruneStep};
-pub use queries::{JobFilter, RECEIPT_LIST_BODY_BYTES, ReceiptFilter};
+pub use queries::{Gauges, JobFilter, RECEIPT_LIST_BODY_BYTES, ReceiptFilter};
 pub use reconcile::{NOT_FOUND, ReconcileSummary, RemoteObservation, RemoteReport};
-pub use tokens::Tokens;
+pub use tokens::{TokenKind, Tokens};
 
 use crate::config::{DatabaseSettings, Synchronous};
 use sqlx::{
@@ -69,6 +69,8 @@ pub enum StoreError {
 pub struct Store {
     writer: WriterHandle,
     reads: SqlitePool,
+    /// One read connection for `/metrics` alone.
+    gauges: SqlitePool,
     outbox: watch::Receiver<u64>,
     /// The database file, to measure it with its write-ahead log.
     file: Arc<std::path::PathBuf>,
@@ -101,6 +103,10 @@ impl Store {
             .min_connections(1)
             .connect_with(options.clone().read_only(true))
             .await?;
+        let gauges = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(0)
+            .connect_lazy_with(options.clone().read_only(true));
         let (outbox_tx, outbox) = watch::channel(0);
         let (writer, task) = writer::spawn(
             conn,
@@ -114,6 +120,7 @@ impl Store {
             Store {
                 writer,
                 reads,
+                gauges,
                 outbox,
                 file: Arc::new(options.get_filename().to_path_buf()),
                 commits: Arc::new(watch::channel(0).0),
@@ -244,6 +251,23 @@ impl Store {
                 _ => std::future::pending().await,
             }
         }
+    }
+
+    /// Replaces a generated token with a new random one, durably; answers
+    /// the new token.
+    pub async fn rotate_token(&self, kind: TokenKind) -> Result<String, StoreError> {
+        match self.writer.call(Step::RotateToken(kind)).await? {
+            Output::Rotated(token) => Ok(token),
+            _ => Err(mismatch()),
+        }
+    }
+
+    /// The generated tokens as stored now (another process may have rotated
+    /// one); `None` for a token not generated yet.
+    pub async fn stored_tokens(&self) -> Result<(Option<String>, Option<String>), StoreError> {
+        Ok(sqlx::query_as(tokens::READ_BOTH)
+            .fetch_one(&self.reads)
+            .await?)
     }
 
     /// True when the database answers and every migration is applied.
