@@ -44,7 +44,7 @@ pub struct ReceiptResponse {
 /// it is stored before the answer.
 #[utoipa::path(post, path = "/webhooks/segmind/{token}", tag = "webhooks",
     params(("token" = String, Path, description = "The ingest token (`tunehook tokens`)")),
-    request_body(content = Object, description = "Segmind's webhook payload", content_type = "application/json"),
+    request_body(content = serde_json::Value, description = "Segmind's webhook payload: any JSON (read leniently, stored as received)", content_type = "application/json"),
     responses((status = 200, description = "Stored", body = ReceiptResponse),
         (status = 400, description = "Not JSON, or an unusable id or status (still stored)", body = super::error::ErrorBody),
         (status = 401, description = "Wrong token; nothing stored", body = super::error::ErrorBody),
