@@ -128,8 +128,8 @@ async fn fill(url: &str, count: u64) -> anyhow::Result<()> {
     let mut conn = SqliteConnection::connect(url).await?;
     conn.execute("PRAGMA synchronous = OFF").await?;
     conn.execute(
-        "CREATE TEMP TABLE events AS
-         SELECT row_number() OVER (ORDER BY id) - 1 AS k, event_id, finetune_id FROM transitions",
+        "CREATE TEMP TABLE stored_events AS
+         SELECT row_number() OVER (ORDER BY id) - 1 AS k, event_id, finetune_id FROM events",
     )
     .await?;
     conn.execute(
@@ -140,7 +140,7 @@ async fn fill(url: &str, count: u64) -> anyhow::Result<()> {
              SELECT 'bench', e.event_id, e.finetune_id, 'delivered', 1, 1,
                  '2025-06-01T00:00:00.000000Z', 204, '2025-06-01T00:00:00.000000Z',
                  '2025-06-01T00:00:00.000000Z', '2025-06-01T00:00:00.000000Z'
-             FROM n JOIN events e ON e.k = n.i % (SELECT COUNT(*) FROM events)",
+             FROM n JOIN stored_events e ON e.k = n.i % (SELECT COUNT(*) FROM stored_events)",
         )
         .bind(count as i64),
     )
