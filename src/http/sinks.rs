@@ -61,6 +61,7 @@ pub struct ReplayBody {
     /// Events to take, 1 to 100,000; 10,000 when absent. A page runs on
     /// past it to the last event observed at the same time.
     #[schema(minimum = 1, maximum = 100_000)]
+    #[serde(default, deserialize_with = "super::json::optional_integer")]
     limit: Option<i64>,
 }
 
