@@ -14,7 +14,7 @@ use crate::{
     config::{RetentionSettings, Secret, Settings},
     confirm::Confirmer,
     delivery::{self, Sink},
-    http::{self, AppState},
+    http::{self, AppState, auth},
     reconcile::Reconciler,
     store::{Store, WriterTask},
 };
@@ -46,8 +46,8 @@ pub struct Application {
     shutdown: CancellationToken,
     shutdown_timeout: Duration,
     header_read_timeout: Duration,
-    ingest_token: Secret,
-    api_token: Secret,
+    credentials: Arc<auth::Credentials>,
+    max_connections: usize,
 }
 
 impl Application {
@@ -60,16 +60,14 @@ impl Application {
             .generated_tokens()
             .await
             .context("cannot read or store the generated tokens")?;
-        let ingest_token = settings
-            .ingest
-            .token
-            .clone()
-            .unwrap_or_else(|| Secret::new(generated.ingest));
-        let api_token = settings
-            .api
-            .token
-            .clone()
-            .unwrap_or_else(|| Secret::new(generated.api));
+        let live = |configured: &Option<Secret>, generated: String| match configured {
+            Some(token) => auth::LiveToken::new(token.clone(), true),
+            None => auth::LiveToken::new(Secret::new(generated), false),
+        };
+        let credentials = Arc::new(auth::Credentials::new(
+            live(&settings.ingest.token, generated.ingest),
+            live(&settings.api.token, generated.api),
+        ));
         let listener = TcpListener::bind(&settings.server.listen)
             .await
             .with_context(|| format!("cannot listen on {}", settings.server.listen))?;
@@ -105,14 +103,15 @@ impl Application {
             started: std::time::Instant::now(),
             started_at: crate::time::now_rfc3339(),
             metrics_require_token: settings.metrics.require_token,
+            gauges: http::metrics::GaugeCache::new(settings.metrics.cache),
             webhook_permits: Arc::new(tokio::sync::Semaphore::new(
                 settings.server.max_concurrent_webhooks,
             )),
             webhook_bytes: http::WebhookBytes::new(settings.server.max_pending_webhook_bytes),
             sinks: settings.sinks.clone(),
             retention: settings.retention.clone(),
-            ingest_token: ingest_token.clone(),
-            api_token: api_token.clone(),
+            credentials: Arc::clone(&credentials),
+            public_url: settings.server.public_url.clone(),
             max_body_bytes: settings.server.max_body_bytes,
         });
         Ok(Application {
@@ -128,8 +127,8 @@ impl Application {
             shutdown,
             shutdown_timeout: settings.server.shutdown_timeout,
             header_read_timeout: settings.server.header_read_timeout,
-            ingest_token,
-            api_token,
+            credentials,
+            max_connections: settings.server.max_connections,
         })
     }
 
@@ -140,12 +139,14 @@ impl Application {
             .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
     }
 
-    pub fn ingest_token(&self) -> &Secret {
-        &self.ingest_token
+    /// The ingest token accepted now.
+    pub fn ingest_token(&self) -> Secret {
+        self.credentials.ingest.current()
     }
 
-    pub fn api_token(&self) -> &Secret {
-        &self.api_token
+    /// The API token accepted now.
+    pub fn api_token(&self) -> Secret {
+        self.credentials.api.current()
     }
 
     /// Cancel this token to stop the service.
@@ -185,6 +186,11 @@ impl Application {
             shutdown.clone(),
             self.shutdown_timeout,
         ));
+        let tokens = tokio::spawn(auth::follow_stored_tokens(
+            Arc::clone(&self.credentials),
+            self.store.clone(),
+            shutdown.clone(),
+        ));
         let reconciler = tokio::spawn(Arc::clone(&self.reconciler).run(shutdown.clone()));
         drop(self.reconciler);
         let confirmer = tokio::spawn(Arc::clone(&self.confirmer).run(shutdown.clone()));
@@ -200,6 +206,7 @@ impl Application {
             self.listener,
             self.router,
             self.header_read_timeout,
+            self.max_connections,
             shutdown.clone(),
             self.shutdown_timeout,
             hurry,
@@ -231,6 +238,8 @@ impl Application {
         if tokio::time::timeout_at(deadline, feed).await.is_err() {
             tracing::warn!("the event feed did not stop in time");
         }
+        // It stops at once on shutdown.
+        let _ = tokio::time::timeout_at(deadline, tokens).await;
         // The pruner stops between two of its small steps.
         if tokio::time::timeout_at(deadline, pruner).await.is_err() {
             tracing::warn!("the pruner did not stop in time");

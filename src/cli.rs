@@ -5,7 +5,12 @@
 
 mod segmind;
 
-use crate::{app::Application, config::Settings, store::Store, telemetry};
+use crate::{
+    app::Application,
+    config::Settings,
+    store::{Store, TokenKind},
+    telemetry,
+};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::{path::PathBuf, process::ExitCode};
@@ -37,9 +42,17 @@ pub enum Command {
     /// Validate and print the effective configuration, secrets redacted.
     #[command(after_help = "Example:\n  tunehook --config config/tunehook.toml check-config")]
     CheckConfig,
-    /// Print the webhook path to register in the Segmind console, and the API token.
-    #[command(after_help = "Example:\n  tunehook tokens")]
-    Tokens,
+    /// Print the webhook path to register in the Segmind console, and the API token;
+    /// with --rotate, replace a generated token first.
+    #[command(
+        after_help = "Example:\n  tunehook tokens\n  tunehook tokens --rotate ingest   # after the webhook URL leaked"
+    )]
+    Tokens {
+        /// Replace this generated token (`ingest` or `api`) with a new one and print it; a
+        /// running service refuses the old one within a second.
+        #[arg(long, value_name = "TOKEN", value_parser = ["ingest", "api"])]
+        rotate: Option<String>,
+    },
     /// Exit 0 when /readyz on the configured listen address answers 200 (for container health checks).
     #[command(after_help = "Example:\n  tunehook healthcheck && echo ready")]
     Healthcheck,
@@ -113,7 +126,24 @@ pub async fn run(cli: Cli) -> ExitCode {
             }
             Ok(())
         }
-        Command::Tokens => tokens(settings).await,
+        Command::Tokens { rotate: None } => tokens(settings).await,
+        Command::Tokens {
+            rotate: Some(which),
+        } => {
+            let Some(kind) = TokenKind::parse(&which) else {
+                eprintln!("error: --rotate takes `ingest` or `api`");
+                return ExitCode::from(2);
+            };
+            let configured = match kind {
+                TokenKind::Ingest => settings.ingest.token.is_some(),
+                TokenKind::Api => settings.api.token.is_some(),
+            };
+            if configured {
+                eprintln!("error: {}", kind.configured_message());
+                return ExitCode::from(2);
+            }
+            rotate_token(settings, kind).await
+        }
         Command::Reconcile => reconcile(settings).await,
         Command::Segmind { command } => return segmind::run(settings, command).await,
         Command::Prune {
@@ -284,6 +314,41 @@ async fn tokens(settings: Settings) -> anyhow::Result<()> {
     println!("Webhook path: {path}");
     println!("API token ({api_origin}), sent as `Authorization: Bearer <token>`:");
     println!("  {api}");
+    Ok(())
+}
+
+/// Replaces a generated token in the database and prints the new one. A
+/// service running on the same database re-reads the tokens every second
+/// and refuses the old one from then on.
+async fn rotate_token(settings: Settings, kind: TokenKind) -> anyhow::Result<()> {
+    let (store, writer) = Store::open(&settings.database, Vec::new())
+        .await
+        .with_context(|| format!("cannot open the database at {}", settings.database.url))?;
+    // Generates the other token too when this is the first start, as
+    // `tunehook tokens` would.
+    store.generated_tokens().await?;
+    let token = store.rotate_token(kind).await?;
+    drop(store);
+    writer
+        .finished()
+        .await
+        .map_err(|cause| anyhow::anyhow!("the database writer failed: {cause}"))?;
+    println!(
+        "The {} token was replaced; a running tunehook refuses the old one within a second.",
+        kind.as_str()
+    );
+    match kind {
+        TokenKind::Ingest => {
+            let path = format!("/webhooks/segmind/{token}");
+            println!("Webhook URL to register in the Segmind console (generated token):");
+            println!("  {}{path}", base_url(&settings));
+            println!("Webhook path: {path}");
+        }
+        TokenKind::Api => {
+            println!("API token (generated), sent as `Authorization: Bearer <token>`:");
+            println!("  {token}");
+        }
+    }
     Ok(())
 }
 

@@ -128,11 +128,24 @@ impl Default for RetentionSettings {
     }
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsSettings {
     /// Whether `GET /metrics` needs the API bearer token.
     pub require_token: bool,
+    /// How long the gauges read from the database (outbox depth, jobs by
+    /// status) are reused between scrapes; `0s` reads them on every scrape.
+    #[serde(with = "humantime_serde")]
+    pub cache: Duration,
+}
+
+impl Default for MetricsSettings {
+    fn default() -> Self {
+        MetricsSettings {
+            require_token: false,
+            cache: Duration::from_secs(5),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -175,6 +188,9 @@ pub struct ServerSettings {
     /// Bytes of webhook bodies waiting for the writer at once; beyond this
     /// the answer is a quick 503.
     pub max_pending_webhook_bytes: usize,
+    /// Connections open at once; at the cap, no more are accepted until one
+    /// closes.
+    pub max_connections: usize,
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
     /// A client must send its request headers within this.
@@ -193,6 +209,7 @@ impl Default for ServerSettings {
             max_concurrent_webhooks: 1024,
             max_streams: 256,
             max_pending_webhook_bytes: 64 * 1024 * 1024,
+            max_connections: 4096,
             request_timeout: Duration::from_secs(30),
             header_read_timeout: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(20),
@@ -437,9 +454,10 @@ impl Settings {
         if self.server.max_body_bytes == 0
             || self.server.max_concurrent_webhooks == 0
             || self.server.max_pending_webhook_bytes == 0
+            || self.server.max_connections == 0
         {
             return invalid(
-                "server.max_body_bytes, server.max_concurrent_webhooks and server.max_pending_webhook_bytes must be greater than 0"
+                "server.max_body_bytes, server.max_concurrent_webhooks, server.max_pending_webhook_bytes and server.max_connections must be greater than 0"
                     .into(),
             );
         }

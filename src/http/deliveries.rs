@@ -12,18 +12,32 @@ use serde::{Deserialize, Serialize};
 
 const STATUSES: [&str; 3] = ["pending", "delivered", "dead"];
 
+/// A delivery's status.
+#[derive(Debug, Clone, Copy, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryStatus {
+    /// Waiting for an attempt (or behind an earlier delivery of its job).
+    Pending,
+    Delivered,
+    /// Out of attempts; kept, and retryable by hand.
+    Dead,
+}
+
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ListParams {
-    /// pending, delivered or dead.
+    /// Only deliveries in this status.
+    #[param(value_type = Option<DeliveryStatus>, inline)]
     status: Option<String>,
     /// Only this sink's deliveries.
     sink: Option<String>,
     /// Only this job's deliveries.
     finetune_id: Option<String>,
     /// 1 to 500; 50 when absent.
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 500)]
     limit: Option<String>,
     /// `next_cursor` of the previous page.
+    #[param(value_type = Option<i64>)]
     cursor: Option<String>,
 }
 
@@ -47,7 +61,7 @@ pub async fn list(
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<ListParams>,
 ) -> Result<Json<DeliveryList>, ApiError> {
-    let status = query.status.filter(|s| !s.is_empty());
+    let status = query.status;
     if let Some(status) = &status {
         if !STATUSES.contains(&status.as_str()) {
             return Err(ApiError::bad_request(
@@ -58,8 +72,8 @@ pub async fn list(
     }
     let filter = DeliveryFilter {
         status,
-        sink: query.sink.filter(|s| !s.is_empty()),
-        finetune_id: query.finetune_id.filter(|s| !s.is_empty()),
+        sink: query.sink,
+        finetune_id: query.finetune_id,
         limit: params::limit(query.limit.as_deref())?,
         before_id: params::id_cursor(query.cursor.as_deref())?,
     };

@@ -6,10 +6,7 @@ use super::{
     error::ErrorBody,
     params::{self, ApiPath, ApiQuery},
 };
-use crate::{
-    domain::Status,
-    store::{JobFilter, JobRow, TransitionDelivery, TransitionRow, UpdateRow},
-};
+use crate::store::{JobFilter, JobRow, TransitionDelivery, TransitionRow, UpdateRow};
 use axum::{
     Json,
     extract::State,
@@ -20,13 +17,17 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ListParams {
-    /// Only jobs in this status.
+    /// Only jobs in this status (compared case-insensitively; `-` and `.` read as `_`).
+    #[param(pattern = "^[A-Za-z0-9_.-]{1,64}$")]
     status: Option<String>,
     /// `true`: only jobs whose last Segmind status differs from what webhooks said.
+    #[param(value_type = Option<bool>)]
     drift: Option<String>,
     /// 1 to 500; 50 when absent.
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 500)]
     limit: Option<String>,
-    /// `next_cursor` of the previous page.
+    /// `next_cursor` of the previous page (hex digits; any such string is a position in the order).
+    #[param(pattern = "^([0-9a-fA-F]{2})*$")]
     cursor: Option<String>,
 }
 
@@ -75,13 +76,19 @@ pub async fn list(
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<ListParams>,
 ) -> Result<Response, ApiError> {
+    // Every parameter is checked, whichever listing it serves: the server
+    // takes exactly what the document declares.
+    let status = params::status(query.status.as_deref())?.map(|s| s.as_str().to_owned());
+    let limit = params::limit(query.limit.as_deref())?;
+    let after = query
+        .cursor
+        .as_deref()
+        .map(params::decode_job_cursor)
+        .transpose()?;
     match query.drift.as_deref() {
-        None | Some("" | "false") => {}
+        None | Some("false") => {}
         Some("true") => {
-            let jobs = state
-                .store
-                .drifting_jobs(params::limit(query.limit.as_deref())?)
-                .await?;
+            let jobs = state.store.drifting_jobs(limit).await?;
             return Ok(Json(JobList {
                 jobs,
                 next_cursor: None,
@@ -95,25 +102,10 @@ pub async fn list(
             ));
         }
     }
-    let status = match query.status.as_deref().filter(|s| !s.is_empty()) {
-        None => None,
-        Some(raw) => Some(
-            Status::parse(raw)
-                .ok_or_else(|| {
-                    ApiError::bad_request("invalid_parameter", "`status` is not a status name")
-                })?
-                .as_str()
-                .to_owned(),
-        ),
-    };
     let filter = JobFilter {
         status,
-        limit: params::limit(query.limit.as_deref())?,
-        after: query
-            .cursor
-            .as_deref()
-            .map(params::decode_job_cursor)
-            .transpose()?,
+        limit,
+        after,
     };
     let page = state.store.jobs(&filter).await?;
     Ok(Json(JobList {

@@ -9,6 +9,7 @@
 //! - `GET /v1/sinks`, `POST /v1/sinks/{name}/replay`: `sinks`
 //! - `GET /v1/deliveries`, `GET /v1/deliveries/{id}`, `POST /v1/deliveries/{id}/retry`: `deliveries`
 //! - `GET /v1/status`, `POST /v1/reconcile`: `status`
+//! - `POST /v1/tokens/rotate`: `tokens`
 //! - `GET /healthz`, `GET /readyz`: `health`
 //! - `GET /metrics`: `metrics`
 //! - `GET /openapi.json`: `openapi`
@@ -28,10 +29,11 @@ pub mod receipts;
 pub mod serve;
 pub mod sinks;
 pub mod status;
+pub mod tokens;
 pub mod webhooks;
 
 use crate::{
-    config::{RetentionSettings, Secret, SinkSettings},
+    config::{RetentionSettings, SinkSettings},
     reconcile::Reconciler,
     store::Store,
 };
@@ -75,12 +77,16 @@ pub struct Inner {
     pub started: std::time::Instant,
     pub started_at: String,
     pub metrics_require_token: bool,
+    /// The database gauges of `/metrics`, read at most once per `metrics.cache`.
+    pub gauges: metrics::GaugeCache,
     /// Webhooks in flight; when none is left, webhooks get a quick 503.
     pub webhook_permits: Arc<tokio::sync::Semaphore>,
     /// Bytes of webhook bodies waiting for the writer.
     pub webhook_bytes: WebhookBytes,
-    pub ingest_token: Secret,
-    pub api_token: Secret,
+    /// The tokens accepted now; rotation replaces them in place.
+    pub credentials: Arc<auth::Credentials>,
+    /// `server.public_url`, for the full webhook URL after a rotation.
+    pub public_url: String,
     pub max_body_bytes: usize,
     /// Checks the dataset URL of a submission before Segmind is called.
     pub url_checker: Arc<crate::dataset::remote::UrlChecker>,
@@ -165,6 +171,7 @@ fn api_routes() -> Vec<Route> {
         ),
         (Method::GET, "/v1/status", get(status::status)),
         (Method::POST, "/v1/reconcile", post(status::reconcile)),
+        (Method::POST, "/v1/tokens/rotate", post(tokens::rotate)),
     ]
 }
 

@@ -16,12 +16,15 @@ use serde_json::Value;
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ListParams {
-    /// applied, duplicate, stale, unrecognized, invalid, confirming,
-    /// contradicted or dropped.
+    /// Only receipts with this outcome: applied, duplicate, stale, unrecognized, invalid,
+    /// confirming, contradicted or dropped.
+    #[param(value_type = Option<Outcome>)]
     outcome: Option<String>,
     /// 1 to 500; 50 when absent.
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 500)]
     limit: Option<String>,
     /// `next_cursor` of the previous page.
+    #[param(value_type = Option<i64>)]
     cursor: Option<String>,
 }
 
@@ -40,9 +43,10 @@ pub struct Receipt {
     body_sha256: String,
     #[schema(value_type = Object)]
     headers: Value,
-    /// The body as JSON when it parses, else as (lossy UTF-8) text. In a
-    /// list, a body longer than 4 KiB is cut there and shown as text.
-    #[schema(value_type = Object)]
+    /// The body as JSON when it parses (any JSON value), else as (lossy
+    /// UTF-8) text. In a list, a body longer than 4 KiB is cut there and
+    /// shown as text.
+    #[schema(value_type = Value)]
     body: Value,
     /// The whole body's length in bytes.
     body_bytes: i64,
@@ -64,7 +68,7 @@ pub async fn list(
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<ListParams>,
 ) -> Result<Json<ReceiptList>, ApiError> {
-    let outcome = match query.outcome.as_deref().filter(|s| !s.is_empty()) {
+    let outcome = match query.outcome.as_deref() {
         None => None,
         Some(raw) => Some(
             Outcome::parse(raw)
@@ -79,15 +83,7 @@ pub async fn list(
                 .to_owned(),
         ),
     };
-    let before_id = match query.cursor.as_deref() {
-        None => None,
-        Some(raw) => Some(raw.parse::<i64>().map_err(|_| {
-            ApiError::bad_request(
-                "invalid_parameter",
-                "`cursor` is not a cursor this API returned",
-            )
-        })?),
-    };
+    let before_id = params::id_cursor(query.cursor.as_deref())?;
     let filter = ReceiptFilter {
         outcome,
         limit: params::limit(query.limit.as_deref())?,

@@ -2,7 +2,10 @@
 //! trickles its request headers is cut off after `server.header_read_timeout`
 //! (axum's own `serve` sets no such limit), and a graceful shutdown that
 //! stops accepting, lets requests in flight finish, and gives up after the
-//! drain timeout.
+//! drain timeout. Open connections are capped at `server.max_connections`:
+//! each accepted connection holds a permit until it ends, and at the cap the
+//! loop stops accepting (new clients wait in the listen backlog) until one
+//! frees, so a flood of idle connections cannot exhaust file descriptors.
 
 use axum::Router;
 use hyper::server::conn::http1;
@@ -11,8 +14,9 @@ use hyper_util::{
     server::graceful::GracefulShutdown,
     service::TowerToHyperService,
 };
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 /// How long requests in flight may still take once the drain is hurried.
@@ -26,16 +30,30 @@ pub async fn serve(
     listener: TcpListener,
     router: Router,
     header_read_timeout: Duration,
+    max_connections: usize,
     shutdown: CancellationToken,
     drain: Duration,
     hurry: CancellationToken,
 ) -> bool {
     let graceful = GracefulShutdown::new();
+    let open = Arc::new(Semaphore::new(
+        max_connections.clamp(1, Semaphore::MAX_PERMITS),
+    ));
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(header_read_timeout);
     loop {
+        // Wait for a free slot before accepting: at the cap, connections
+        // queue in the kernel's backlog rather than in tunehook.
+        let permit = tokio::select! {
+            () = shutdown.cancelled() => break,
+            permit = Arc::clone(&open).acquire_owned() => match permit {
+                Ok(permit) => permit,
+                // The semaphore is never closed.
+                Err(_) => break,
+            },
+        };
         let stream = tokio::select! {
             () = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
@@ -58,6 +76,7 @@ pub async fn serve(
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
+            drop(permit);
         });
     }
     drop(listener);

@@ -54,11 +54,14 @@ const MAX_REPLAY_LIMIT: i64 = 100_000;
 #[serde(deny_unknown_fields)]
 pub struct ReplayBody {
     /// RFC 3339: events of transitions observed since then (inclusive).
+    #[schema(format = DateTime)]
     since: String,
     /// Only this job's events.
     finetune_id: Option<String>,
     /// Events to take, 1 to 100,000; 10,000 when absent. A page runs on
     /// past it to the last event observed at the same time.
+    #[schema(minimum = 1, maximum = 100_000)]
+    #[serde(default, deserialize_with = "super::json::optional_integer")]
     limit: Option<i64>,
 }
 

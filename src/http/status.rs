@@ -36,16 +36,16 @@ pub struct SinkCounts {
 #[utoipa::path(get, path = "/v1/status", tag = "status", security(("bearer" = [])),
     responses((status = 200, description = "The status", body = Status), (status = 401, description = "Missing or wrong bearer token", body = ErrorBody)))]
 pub async fn status(State(state): State<AppState>) -> Result<Json<Status>, ApiError> {
-    let mut health = state.store.sink_health().await?;
+    let counts = state.store.outbox_counts().await?;
     let sinks = state
         .sinks
         .iter()
         .map(|s| {
-            let h = health.remove(&s.name).unwrap_or_default();
+            let (pending, dead) = counts.get(&s.name).copied().unwrap_or_default();
             SinkCounts {
                 name: s.name.clone(),
-                pending: h.pending,
-                dead: h.dead,
+                pending,
+                dead,
             }
         })
         .collect();

@@ -32,10 +32,10 @@ pub use outbox::{
     ReplayRequest, Replayed, SinkHealth, SinkRoute, TransitionDelivery,
 };
 pub use prune::{PRUNE_BYTES, PRUNE_ROWS, PruneCounts, PruneCutoffs, PruneReport, PruneStep};
-pub use queries::{JobFilter, RECEIPT_LIST_BODY_BYTES, ReceiptFilter};
+pub use queries::{Gauges, JobFilter, RECEIPT_LIST_BODY_BYTES, ReceiptFilter};
 pub use reconcile::{NOT_FOUND, ReconcileSummary, RemoteObservation, RemoteReport};
 pub use submissions::{Claim, Submission, SubmissionResult};
-pub use tokens::Tokens;
+pub use tokens::{TokenKind, Tokens};
 
 use crate::config::{DatabaseSettings, Synchronous};
 use sqlx::{
@@ -71,6 +71,8 @@ pub enum StoreError {
 pub struct Store {
     writer: WriterHandle,
     reads: SqlitePool,
+    /// One read connection for `/metrics` alone.
+    gauges: SqlitePool,
     outbox: watch::Receiver<u64>,
     /// The database file, to measure it with its write-ahead log.
     file: Arc<std::path::PathBuf>,
@@ -88,7 +90,7 @@ impl Store {
         routes: Vec<SinkRoute>,
     ) -> Result<(Store, WriterTask), StoreError> {
         let options = connect_options(settings)?;
-        create_parent_dir(options.get_filename())?;
+        prepare_files(options.get_filename())?;
         migrate(&options).await?;
         let conn = open_writer(options.get_filename(), settings)?;
         let checkpointer = checkpoint::open(options.get_filename(), settings.busy_timeout)
@@ -103,6 +105,10 @@ impl Store {
             .min_connections(1)
             .connect_with(options.clone().read_only(true))
             .await?;
+        let gauges = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(0)
+            .connect_lazy_with(options.clone().read_only(true));
         let (outbox_tx, outbox) = watch::channel(0);
         let (writer, task) = writer::spawn(
             conn,
@@ -116,6 +122,7 @@ impl Store {
             Store {
                 writer,
                 reads,
+                gauges,
                 outbox,
                 file: Arc::new(options.get_filename().to_path_buf()),
                 commits: Arc::new(watch::channel(0).0),
@@ -127,7 +134,7 @@ impl Store {
     /// Applies the migrations and returns; used by `tunehook migrate`.
     pub async fn migrate_only(settings: &DatabaseSettings) -> Result<usize, StoreError> {
         let options = connect_options(settings)?;
-        create_parent_dir(options.get_filename())?;
+        prepare_files(options.get_filename())?;
         migrate(&options).await?;
         Ok(MIGRATOR.iter().count())
     }
@@ -324,6 +331,23 @@ impl Store {
         }
     }
 
+    /// Replaces a generated token with a new random one, durably; answers
+    /// the new token.
+    pub async fn rotate_token(&self, kind: TokenKind) -> Result<String, StoreError> {
+        match self.writer.call(Step::RotateToken(kind)).await? {
+            Output::Rotated(token) => Ok(token),
+            _ => Err(mismatch()),
+        }
+    }
+
+    /// The generated tokens as stored now (another process may have rotated
+    /// one); `None` for a token not generated yet.
+    pub async fn stored_tokens(&self) -> Result<(Option<String>, Option<String>), StoreError> {
+        Ok(sqlx::query_as(tokens::READ_BOTH)
+            .fetch_one(&self.reads)
+            .await?)
+    }
+
     /// True when the database answers and every migration is applied.
     pub async fn ready(&self) -> bool {
         if *self.writer.state().borrow() != WriterState::Running {
@@ -404,10 +428,60 @@ fn open_writer(
     })
 }
 
+/// Creates the database's folder, when missing, readable by tunehook's user
+/// alone (0700): it holds the tokens and every payload.
 fn create_parent_dir(file: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::DirBuilderExt;
     match file.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() && !dir.exists() => std::fs::create_dir_all(dir)
+        Some(dir) if !dir.as_os_str().is_empty() && !dir.exists() => std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
             .map_err(|e| StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))),
         _ => Ok(()),
     }
+}
+
+/// Creates the database file, when missing, as 0600 before SQLite opens it.
+/// SQLite gives its write-ahead log and shared-memory files the database
+/// file's mode, so they are 0600 too. A file that already exists keeps its
+/// mode, with a warning when other users can read it.
+fn create_private_file(file: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let created = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(file);
+    match created {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            if let Ok(meta) = std::fs::metadata(file) {
+                let mode = meta.permissions().mode() & 0o777;
+                if mode & 0o077 != 0 {
+                    tracing::warn!(
+                        file = %file.display(),
+                        mode = %format!("{mode:04o}"),
+                        "the database file (tokens and every payload) is open to other users; fix: chmod 600 {}",
+                        file.display()
+                    );
+                }
+            }
+            Ok(())
+        }
+        Err(e) => Err(StoreError::Unavailable(format!(
+            "cannot create {}: {e}",
+            file.display()
+        ))),
+    }
+}
+
+/// The folder and file the database lives in, created private when missing.
+fn prepare_files(file: &Path) -> Result<(), StoreError> {
+    create_parent_dir(file)?;
+    // `sqlite::memory:` and the like name no file to create.
+    if file.as_os_str().is_empty() || file.as_os_str() == ":memory:" {
+        return Ok(());
+    }
+    create_private_file(file)
 }

@@ -515,6 +515,12 @@ impl Store {
         .await?)
     }
 
+    /// Pending and dead deliveries per sink, read from the index of
+    /// deliveries not yet delivered (never from the delivered rows).
+    pub async fn outbox_counts(&self) -> Result<BTreeMap<String, (i64, i64)>, StoreError> {
+        outbox_counts_on(&self.reads).await
+    }
+
     /// Pending and dead counts and the last success and failure, per sink.
     pub async fn sink_health(&self) -> Result<BTreeMap<String, SinkHealth>, StoreError> {
         let rows: Vec<(String, i64, i64, Option<String>)> = sqlx::query_as(
@@ -562,6 +568,22 @@ impl Store {
         .fetch_all(&self.reads)
         .await?)
     }
+}
+
+/// The per-sink counts of pending and dead deliveries. The `status <>
+/// 'delivered'` term is the index's own condition, word for word, which is
+/// what lets SQLite use that partial index.
+pub(super) const OUTBOX_COUNTS: &str = "SELECT sink, SUM(status = 'pending'), SUM(status = 'dead')
+     FROM deliveries WHERE status <> 'delivered' GROUP BY sink";
+
+pub(super) async fn outbox_counts_on(
+    pool: &sqlx::SqlitePool,
+) -> Result<BTreeMap<String, (i64, i64)>, StoreError> {
+    let rows: Vec<(String, i64, i64)> = sqlx::query_as(OUTBOX_COUNTS).fetch_all(pool).await?;
+    Ok(rows
+        .into_iter()
+        .map(|(sink, pending, dead)| (sink, (pending, dead)))
+        .collect())
 }
 
 #[cfg(test)]

@@ -8,6 +8,18 @@ const JOB_COLUMNS: &str = "finetune_id, name, status, base_model, slug, trained_
     theme, train_type, source_type, data_source_path, public_model,
     first_seen_at, updated_at";
 
+/// Jobs per status, counted in the `jobs_by_status_update` index.
+pub(super) const JOBS_BY_STATUS: &str =
+    "SELECT status, COUNT(*) FROM jobs GROUP BY status ORDER BY status";
+
+/// The stored state `/metrics` shows.
+#[derive(Debug, Clone, Default)]
+pub struct Gauges {
+    pub jobs_by_status: Vec<(String, i64)>,
+    /// Per sink: pending and dead deliveries.
+    pub outbox: std::collections::BTreeMap<String, (i64, i64)>,
+}
+
 /// Which jobs to list: most recently updated first, after `after`.
 #[derive(Debug, Clone, Default)]
 pub struct JobFilter {
@@ -137,13 +149,19 @@ impl Store {
             .await?)
     }
 
-    /// How many jobs are in each status.
-    pub async fn jobs_by_status(&self) -> Result<Vec<(String, i64)>, StoreError> {
-        Ok(
-            sqlx::query_as("SELECT status, COUNT(*) FROM jobs GROUP BY status ORDER BY status")
-                .fetch_all(&self.reads)
-                .await?,
-        )
+    /// What `/metrics` shows of the stored state: jobs per status and
+    /// deliveries pending and dead per sink. Both are read through indexes,
+    /// on a connection of its own so scrapes never wait for (or hold up) the
+    /// pool the delivery workers and the API share.
+    pub async fn gauges(&self) -> Result<Gauges, StoreError> {
+        let jobs_by_status = sqlx::query_as(JOBS_BY_STATUS)
+            .fetch_all(&self.gauges)
+            .await?;
+        let outbox = super::outbox::outbox_counts_on(&self.gauges).await?;
+        Ok(Gauges {
+            jobs_by_status,
+            outbox,
+        })
     }
 
     /// Ids of the jobs not in a terminal status whose details may be asked
@@ -197,5 +215,48 @@ impl Store {
             .bind(id)
             .fetch_optional(&self.reads)
             .await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The gauges of `/metrics` must stay cheap however many deliveries
+    //! have been made: their queries read indexes, never the tables.
+
+    use super::{super::MIGRATOR, JOBS_BY_STATUS};
+    use crate::store::outbox::OUTBOX_COUNTS;
+    use sqlx::{Connection, SqliteConnection};
+
+    async fn plan(conn: &mut SqliteConnection, sql: &str) -> String {
+        let rows: Vec<(i64, i64, i64, String)> =
+            sqlx::query_as(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .fetch_all(conn)
+                .await
+                .expect("a plan");
+        rows.into_iter()
+            .map(|(_, _, _, detail)| detail)
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    #[tokio::test]
+    async fn the_gauges_are_counted_in_indexes_without_reading_delivered_rows() {
+        let mut conn = SqliteConnection::connect("sqlite::memory:")
+            .await
+            .expect("a database");
+        MIGRATOR.run(&mut conn).await.expect("migrated");
+        let outbox = plan(&mut conn, OUTBOX_COUNTS).await;
+        assert!(
+            outbox.contains("USING COVERING INDEX deliveries_unfinished_by_sink"),
+            "{outbox}"
+        );
+        let jobs = plan(&mut conn, JOBS_BY_STATUS).await;
+        assert!(
+            jobs.contains("USING COVERING INDEX jobs_by_status_update"),
+            "{jobs}"
+        );
+        for plan in [outbox, jobs] {
+            assert!(!plan.contains("TEMP B-TREE"), "{plan}");
+        }
     }
 }

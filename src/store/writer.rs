@@ -25,7 +25,7 @@ use super::{
     prune::{self, PruneCutoffs, PruneReport, PruneStep},
     reconcile::{self, ReconcileSummary, RemoteReport},
     submissions::{self, Claim, Submission, SubmissionResult},
-    tokens::{self, Tokens},
+    tokens::{self, TokenKind, Tokens},
 };
 use rusqlite::{Connection, ErrorCode, Transaction};
 use std::{panic::AssertUnwindSafe, sync::Arc};
@@ -38,6 +38,7 @@ const QUEUE_DEPTH: usize = 8192;
 pub(super) enum Step {
     Ingest(Box<IngestRequest>),
     Tokens,
+    RotateToken(TokenKind),
     RecordAttempt(Box<AttemptRecord>),
     RetryDelivery(i64),
     Replay(Box<ReplayChunk>),
@@ -67,6 +68,8 @@ pub(super) enum Step {
 pub(super) enum Output {
     Ingest(IngestResult),
     Tokens(Tokens),
+    /// The new token.
+    Rotated(String),
     Recorded,
     /// Whether the delivery went back to pending.
     Retried(bool),
@@ -599,6 +602,7 @@ fn run_step(conn: &Connection, step: &Step, routes: &[SinkRoute]) -> rusqlite::R
             }
         }
         Step::Tokens => Output::Tokens(tokens::load_or_generate(conn)?),
+        Step::RotateToken(kind) => Output::Rotated(tokens::rotate(conn, *kind)?),
         Step::RecordAttempt(record) => {
             outbox::record_attempt(conn, record)?;
             Output::Recorded

@@ -16,6 +16,7 @@ mod operations;
 mod outgoing;
 mod receipts_api;
 mod reconcile;
+mod security;
 mod segmind_client;
 mod streams;
 mod webhooks;

@@ -150,13 +150,13 @@ struct SinkState {
 }
 
 /// A local HTTP sink that records what it accepts.
-struct Sink {
-    addr: SocketAddr,
+pub struct Sink {
+    pub addr: SocketAddr,
     state: Arc<SinkState>,
 }
 
 impl Sink {
-    async fn start(failing: bool) -> anyhow::Result<Sink> {
+    pub async fn start(failing: bool) -> anyhow::Result<Sink> {
         let state = Arc::new(SinkState {
             failing,
             ..SinkState::default()
@@ -170,7 +170,7 @@ impl Sink {
         Ok(Sink { addr, state })
     }
 
-    fn delivered(&self) -> usize {
+    pub fn delivered(&self) -> usize {
         self.state.accepted.lock().map(|a| a.len()).unwrap_or(0)
     }
 }

@@ -7,15 +7,18 @@
 //!   cargo run --release --bin tunehook-bench -- delivery [--events 20000] [--concurrency 16]
 //!   cargo run --release --bin tunehook-bench -- reconcile [--jobs 10000]
 //!   cargo run --release --bin tunehook-bench -- startup  [--receipts 1000000]
+//!   cargo run --release --bin tunehook-bench -- metrics  [--deliveries 1000000] [--events 10000] [--scrapers 4]
 //!
 //! `ingest` compares tunehook with a bare handler (the ceiling); `delivery`
 //! drains an outbox into a sink answering 204 and into one failing every
 //! other request; `reconcile` times passes over a fake Segmind list;
-//! `startup` times exec to `/readyz` 200. BENCHMARKS.md has the figures.
+//! `startup` times exec to `/readyz` 200; `metrics` times scrapes on a
+//! database with a million deliveries, and deliveries while scrapers run. BENCHMARKS.md has the figures.
 
 mod delivery;
 mod harness;
 mod ingest;
+mod metrics;
 mod reconcile;
 mod startup;
 
@@ -29,6 +32,12 @@ pub struct Args {
     pub jobs: usize,
     /// `delivery.concurrency` for the delivery benchmark.
     pub concurrency: usize,
+    /// Delivered deliveries the metrics benchmark fills the database with.
+    pub deliveries: u64,
+    /// Clients scraping `/metrics` at once in the metrics benchmark.
+    pub scrapers: usize,
+    /// Whether `--events` was given (the metrics benchmark defaults to fewer).
+    pub events_given: bool,
 }
 
 fn args() -> anyhow::Result<Args> {
@@ -40,6 +49,9 @@ fn args() -> anyhow::Result<Args> {
         events: 20_000,
         jobs: 10_000,
         concurrency: 16,
+        deliveries: 1_000_000,
+        scrapers: 4,
+        events_given: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -52,7 +64,12 @@ fn args() -> anyhow::Result<Args> {
             "--connections" => args.connections = number(&arg)?.max(1) as usize,
             "--seconds" => args.seconds = number(&arg)?.max(1),
             "--receipts" => args.receipts = number(&arg)?,
-            "--events" => args.events = number(&arg)?.max(5) as usize,
+            "--events" => {
+                args.events = number(&arg)?.max(5) as usize;
+                args.events_given = true;
+            }
+            "--deliveries" => args.deliveries = number(&arg)?,
+            "--scrapers" => args.scrapers = number(&arg)? as usize,
             "--jobs" => args.jobs = number(&arg)?.max(100) as usize,
             "--concurrency" => args.concurrency = number(&arg)?.max(1) as usize,
             "--ceiling-server" => args.mode = "ceiling-server".into(),
@@ -73,8 +90,17 @@ fn main() -> anyhow::Result<()> {
         "delivery" => runtime.block_on(delivery::run(&args)),
         "reconcile" => runtime.block_on(reconcile::run(&args)),
         "startup" => runtime.block_on(startup::run(&args)),
+        "metrics" => {
+            let mut args = args;
+            if !args.events_given {
+                args.events = 10_000;
+            }
+            runtime.block_on(metrics::run(&args))
+        }
         other => {
-            anyhow::bail!("unknown benchmark `{other}`: ingest, delivery, reconcile or startup")
+            anyhow::bail!(
+                "unknown benchmark `{other}`: ingest, delivery, reconcile, startup or metrics"
+            )
         }
     }
 }
