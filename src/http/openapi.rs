@@ -53,10 +53,66 @@ impl Modify for BearerToken {
     }
 }
 
+/// The body of `POST /v1/finetunes`, declared as exactly what
+/// `domain::finetune_request` accepts (its rules live there, as code; this
+/// says the same in JSON Schema, and a test checks the two agree on
+/// examples). Enum values are accepted in any case; the document lists the
+/// upper-case ones Segmind documents.
+fn submit_schema() -> serde_json::Value {
+    use crate::domain::finetune_request::{FINETUNE_TYPES, PRIORITIES, THEMES};
+    let text = serde_json::json!({"type": "string", "pattern": "\\S"});
+    let optional_text = serde_json::json!({"type": ["string", "null"], "pattern": "\\S"});
+    let one_of = |allowed: &[&str]| {
+        let mut values: Vec<serde_json::Value> = allowed.iter().map(|v| (*v).into()).collect();
+        values.push(serde_json::Value::Null);
+        serde_json::json!({"enum": values})
+    };
+    let flag = serde_json::json!({"type": ["boolean", "null"]});
+    serde_json::json!({
+        "type": "object",
+        "additionalProperties": false,
+        "required": ["name", "data_source_path", "instance_prompt"],
+        "properties": {
+            "name": text,
+            "data_source_path": text,
+            "instance_prompt": text,
+            "trigger_word": optional_text,
+            "base_model": optional_text,
+            "theme": one_of(&THEMES),
+            "segmind_public": flag,
+            "advance_parameters": {
+                "type": ["object", "null"],
+                "additionalProperties": false,
+                "properties": {
+                    "iterations": {"type": ["integer", "null"], "minimum": 100, "maximum": u32::MAX},
+                    "captioning": flag,
+                    "priority": one_of(&PRIORITIES),
+                    "finetune_type": one_of(&FINETUNE_TYPES),
+                    "lora_rank": {"enum": [16, 32, null]},
+                    "learning_rate": {"type": ["number", "null"], "exclusiveMinimum": 0}
+                }
+            }
+        }
+    })
+}
+
 /// This document.
 #[utoipa::path(get, path = "/openapi.json", tag = "health", responses((status = 200, description = "The OpenAPI document", body = Object)))]
-pub async fn document() -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi())
+pub async fn document() -> Json<serde_json::Value> {
+    Json(document_json())
+}
+
+/// The document as served: generated from the annotations, with the
+/// submit body's schema written out in full.
+pub fn document_json() -> serde_json::Value {
+    let mut document = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+    if let Some(content) = document
+        .pointer_mut("/paths/~1v1~1finetunes/post/requestBody/content/application~1json")
+        .and_then(serde_json::Value::as_object_mut)
+    {
+        content.insert("schema".into(), submit_schema());
+    }
+    document
 }
 
 #[cfg(test)]
@@ -90,6 +146,48 @@ mod tests {
             let limit = &parameter(&doc, path, "limit")["schema"];
             assert_eq!(limit["minimum"], 1, "{path}");
             assert_eq!(limit["maximum"], params::MAX_LIMIT, "{path}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod submit_body {
+    use super::*;
+    use serde_json::json;
+
+    fn declared() -> serde_json::Value {
+        let document = document_json();
+        document["paths"]["/v1/finetunes"]["post"]["requestBody"]["content"]["application/json"]
+            ["schema"]
+            .clone()
+    }
+
+    #[test]
+    fn the_submit_body_is_declared_as_the_rules_take_it() {
+        let schema = declared();
+        assert_eq!(schema["additionalProperties"], false, "{schema}");
+        assert_eq!(
+            schema["required"],
+            json!(["name", "data_source_path", "instance_prompt"])
+        );
+        assert_eq!(
+            schema["properties"]["advance_parameters"]["properties"]["iterations"]["minimum"],
+            100
+        );
+        // Examples the schema takes are taken by the rules, and the other way round.
+        let minimal =
+            json!({"name": "n", "data_source_path": "https://d/x.zip", "instance_prompt": "p"});
+        assert!(crate::domain::finetune_request::validate(&minimal).is_ok());
+        let mut full = minimal.clone();
+        full["theme"] = json!("STYLE");
+        full["advance_parameters"] = json!({"iterations": 100, "lora_rank": 16, "learning_rate": 0.5,
+            "priority": "SPEED", "finetune_type": "LORA", "captioning": null});
+        assert!(crate::domain::finetune_request::validate(&full).is_ok());
+        for broken in [
+            json!({}),
+            json!({"name": " ", "data_source_path": "x", "instance_prompt": "p"}),
+        ] {
+            assert!(crate::domain::finetune_request::validate(&broken).is_err());
         }
     }
 }
