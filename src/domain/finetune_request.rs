@@ -274,7 +274,15 @@ impl Checker {
             Value::Null => None,
             Value::Number(n) => match n.as_u64() {
                 Some(v) => Some(v),
-                None if n.as_i64().is_some() => {
+                // JSON has one number type: `300.0` is the integer 300, as
+                // JSON Schema (and the API's document) counts it.
+                None if n
+                    .as_f64()
+                    .is_some_and(|f| f >= 0.0 && f.fract() == 0.0 && f <= u64::MAX as f64) =>
+                {
+                    n.as_f64().map(|f| f as u64)
+                }
+                None if n.as_i64().is_some() || n.as_f64().is_some_and(|f| f.fract() == 0.0) => {
                     self.problem(path, format!("must be a positive integer (got {n})"));
                     None
                 }
@@ -521,6 +529,8 @@ mod tests {
             only_problem(&with(json!({"iterations": 150.5}))),
             (path.clone(), "must be an integer (got 150.5)".into())
         );
+        // A whole number written with a fraction is that integer.
+        assert!(validate(&with(json!({"iterations": 300.0}))).is_ok());
         assert_eq!(
             only_problem(&with(json!({"iterations": -3}))),
             (path.clone(), "must be a positive integer (got -3)".into())
