@@ -57,6 +57,27 @@ async fn run_with(fake: &FakeSegmind, dir: &Path, args: &[&str]) -> Run {
     tunehook(dir, &env, args).await
 }
 
+/// `segmind submit` with the three required flags, then `extra`.
+fn submit_args<'a>(
+    name: &'a str,
+    dataset: &'a str,
+    prompt: &'a str,
+    extra: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = vec![
+        "segmind",
+        "submit",
+        "--name",
+        name,
+        "--dataset",
+        dataset,
+        "--instance-prompt",
+        prompt,
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
 /// A ZIP at `dir/name` with these entries.
 fn zip_at(dir: &Path, name: &str, entries: &[(&str, &[u8])]) -> std::path::PathBuf {
     let path = dir.join(name);
@@ -79,23 +100,20 @@ async fn a_dry_run_of_a_bad_request_exits_2_naming_every_field_and_sends_nothing
     let run = run_with(
         &fake,
         dir.path(),
-        &[
-            "segmind",
-            "submit",
-            "--name",
+        &submit_args(
             "me",
-            "--dataset",
             &url,
-            "--instance-prompt",
             "a photo of TOK",
-            "--lora-rank",
-            "24",
-            "--iterations",
-            "50",
-            "--theme",
-            "cosmic",
-            "--dry-run",
-        ],
+            &[
+                "--lora-rank",
+                "24",
+                "--iterations",
+                "50",
+                "--theme",
+                "cosmic",
+                "--dry-run",
+            ],
+        ),
     )
     .await;
     assert_eq!(run.code, Some(2), "{}", run.stderr);
@@ -119,25 +137,22 @@ async fn a_dry_run_of_a_good_request_prints_exactly_what_would_be_sent() {
     let run = run_with(
         &fake,
         dir.path(),
-        &[
-            "segmind",
-            "submit",
-            "--name",
+        &submit_args(
             "me",
-            "--dataset",
             &url,
-            "--instance-prompt",
             "a photo of TOK",
-            "--theme",
-            "style",
-            "--finetune-type",
-            "lora",
-            "--captioning",
-            "false",
-            "--public",
-            "true",
-            "--dry-run",
-        ],
+            &[
+                "--theme",
+                "style",
+                "--finetune-type",
+                "lora",
+                "--captioning",
+                "false",
+                "--public",
+                "true",
+                "--dry-run",
+            ],
+        ),
     )
     .await;
     assert_eq!(run.code, Some(0), "{}", run.stderr);
@@ -177,17 +192,7 @@ async fn a_dataset_url_without_head_fails_the_dry_run() {
     let run = run_with(
         &fake,
         dir.path(),
-        &[
-            "segmind",
-            "submit",
-            "--name",
-            "me",
-            "--dataset",
-            &url,
-            "--instance-prompt",
-            "p",
-            "--dry-run",
-        ],
+        &submit_args("me", &url, "p", &["--dry-run"]),
     )
     .await;
     assert_eq!(run.code, Some(2), "{}", run.stderr);
@@ -271,16 +276,7 @@ async fn submitting_a_local_zip_uploads_it_submits_and_records_the_job_as_reques
     let run = run_with(
         &fake,
         dir.path(),
-        &[
-            "segmind",
-            "submit",
-            "--name",
-            "me",
-            "--dataset",
-            "me.zip",
-            "--instance-prompt",
-            "a photo of TOK",
-        ],
+        &submit_args("me", "me.zip", "a photo of TOK", &[]),
     )
     .await;
     assert_eq!(run.code, Some(0), "{}", run.stderr);
@@ -325,16 +321,7 @@ async fn segminds_refusal_exits_1_with_its_status_and_message_and_never_the_key(
             ("SEGMIND_API_KEY", "SG_wrong_secret_key"),
             ("SEGMIND_BASE_URL", &fake.url()),
         ],
-        &[
-            "segmind",
-            "submit",
-            "--name",
-            "me",
-            "--dataset",
-            &url,
-            "--instance-prompt",
-            "p",
-        ],
+        &submit_args("me", &url, "p", &[]),
     )
     .await;
     assert_eq!(run.code, Some(1), "{}", run.stderr);
@@ -398,21 +385,7 @@ async fn access_on_a_job_submitted_from_here_is_recorded_on_it() {
     let fake = FakeSegmind::start().await;
     let dir = tempfile::tempdir().expect("a folder");
     let url = fake.dataset_url("ok.zip");
-    let submitted = run_with(
-        &fake,
-        dir.path(),
-        &[
-            "segmind",
-            "submit",
-            "--name",
-            "me",
-            "--dataset",
-            &url,
-            "--instance-prompt",
-            "p",
-        ],
-    )
-    .await;
+    let submitted = run_with(&fake, dir.path(), &submit_args("me", &url, "p", &[])).await;
     assert_eq!(submitted.code, Some(0), "{}", submitted.stderr);
     let access = run_with(
         &fake,
