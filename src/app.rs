@@ -113,10 +113,11 @@ impl Application {
             credentials: Arc::clone(&credentials),
             public_url: settings.server.public_url.clone(),
             max_body_bytes: settings.server.max_body_bytes,
+            session_ttl: settings.ui.session_ttl,
         });
         Ok(Application {
             listener,
-            router: http::router(state, settings.server.request_timeout),
+            router: http::router(state, settings.server.request_timeout, settings.ui.enabled),
             store,
             sinks,
             reconciler,

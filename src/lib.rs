@@ -16,6 +16,8 @@
 //! - [`retention`] prunes old receipts, attempts and delivered deliveries
 //!   in small steps through the same writer.
 //! - [`feed`]: committed events, read back for the Server-Sent Events streams.
+//! - [`ui`]: the web dashboard at `/`, pages rendered on the server from
+//!   the same store the API reads.
 //! - [`app`] builds all of this from [`config::Settings`], binds the listener
 //!   and shuts down cleanly; [`telemetry`] sets up logging.
 
@@ -34,4 +36,5 @@ pub mod segmind;
 pub mod store;
 pub mod telemetry;
 pub mod time;
+pub mod ui;
 pub mod watch;

@@ -50,6 +50,7 @@ pub struct Settings {
     pub metrics: MetricsSettings,
     pub delivery: DeliverySettings,
     pub retention: RetentionSettings,
+    pub ui: UiSettings,
     pub sinks: Vec<SinkSettings>,
 }
 
@@ -144,6 +145,26 @@ impl Default for MetricsSettings {
         MetricsSettings {
             require_token: false,
             cache: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The web dashboard served at `/`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UiSettings {
+    /// Whether the dashboard is served; off, `/` is the API's 404.
+    pub enabled: bool,
+    /// How long a dashboard session lasts after signing in.
+    #[serde(with = "humantime_serde")]
+    pub session_ttl: Duration,
+}
+
+impl Default for UiSettings {
+    fn default() -> Self {
+        UiSettings {
+            enabled: true,
+            session_ttl: Duration::from_secs(12 * 3600),
         }
     }
 }
@@ -505,6 +526,9 @@ impl Settings {
         }
         if self.retention.interval.is_zero() {
             return invalid("retention.interval must be greater than 0".into());
+        }
+        if self.ui.session_ttl.is_zero() {
+            return invalid("ui.session_ttl must be greater than 0".into());
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log.filter).is_err() {
             return invalid(format!(

@@ -7,12 +7,18 @@
 //! [`follow_stored_tokens`], which re-reads the stored tokens every second.
 //! Failed checks are logged at most once a second, with a count, so a
 //! client hammering wrong tokens cannot flood the log.
+//!
+//! A dashboard session (`ui/session.rs` opens and ends them) is the other
+//! credential: its cookie counts while its stored digest has not expired
+//! and the API token it was opened with is still the one in use. It lets
+//! the dashboard's pages read `/v1` (their event stream) with `GET`, never
+//! change anything there: those routes keep needing the bearer token.
 
 use super::{AppState, error::ApiError};
 use crate::{config::Secret, store::Store};
 use axum::{
     extract::{Request, State},
-    http::{HeaderMap, header},
+    http::{HeaderMap, Method, header},
     middleware::Next,
     response::Response,
 };
@@ -215,13 +221,56 @@ impl FailureLog {
     }
 }
 
-/// Middleware for `/v1`: requires `Authorization: Bearer <api token>`.
+/// The name of the dashboard's session cookie.
+pub const SESSION_COOKIE: &str = "tunehook_session";
+
+/// The SHA-256 of `text`, in hex: what is stored of session ids and tokens.
+pub fn digest_hex(text: &str) -> String {
+    hex::encode(Sha256::digest(text.as_bytes()))
+}
+
+/// The value of the session cookie, when the request carries one.
+pub fn session_cookie(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == SESSION_COOKIE)
+        .map(|(_, value)| value.trim())
+        .filter(|value| !value.is_empty())
+}
+
+/// The stored digest of the request's session when it is open now and was
+/// opened with the API token in use; `None` otherwise (or when the
+/// database cannot say, which signs nobody in).
+pub async fn open_session(state: &AppState, headers: &HeaderMap) -> Option<String> {
+    let id = digest_hex(session_cookie(headers)?);
+    let token = digest_hex(state.credentials.api.current().expose());
+    let now = crate::time::now_rfc3339();
+    match state.store.session_valid(&id, &token, &now).await {
+        Ok(true) => Some(id),
+        Ok(false) => None,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read dashboard sessions; treating as signed out");
+            None
+        }
+    }
+}
+
+/// Middleware for `/v1`: requires `Authorization: Bearer <api token>`, or
+/// for `GET` a dashboard session.
 pub async fn require_api_token(
     State(state): State<AppState>,
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
     if state.credentials.api.bearer_matches(request.headers()) {
+        return Ok(next.run(request).await);
+    }
+    let reads = matches!(*request.method(), Method::GET | Method::HEAD);
+    if reads && open_session(&state, request.headers()).await.is_some() {
         return Ok(next.run(request).await);
     }
     state.credentials.api_failures.failed();

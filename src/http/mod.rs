@@ -13,6 +13,8 @@
 //! - `GET /healthz`, `GET /readyz`: `health`
 //! - `GET /metrics`: `metrics`
 //! - `GET /openapi.json`: `openapi`
+//!
+//! The dashboard's pages (`/`, `/signin`, …) are in `src/ui/`.
 
 pub mod auth;
 pub mod deliveries;
@@ -88,6 +90,8 @@ pub struct Inner {
     /// `server.public_url`, for the full webhook URL after a rotation.
     pub public_url: String,
     pub max_body_bytes: usize,
+    /// `ui.session_ttl`: how long a dashboard session lasts.
+    pub session_ttl: Duration,
     /// Checks the dataset URL of a submission before Segmind is called.
     pub url_checker: Arc<crate::dataset::remote::UrlChecker>,
 }
@@ -199,7 +203,9 @@ pub fn route_table() -> Vec<(Method, &'static str)> {
         .collect()
 }
 
-pub fn router(state: AppState, request_timeout: Duration) -> Router {
+/// Every route: the API's, the open ones and, when `ui` is on, the
+/// dashboard's (`src/ui/`).
+pub fn router(state: AppState, request_timeout: Duration, ui: bool) -> Router {
     let api = api_routes()
         .into_iter()
         .fold(Router::new(), |router, (_, path, handler)| {
@@ -215,7 +221,13 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
             router.route(path, handler)
         });
 
+    let dashboard = if ui {
+        crate::ui::router(state.clone())
+    } else {
+        Router::new()
+    };
     open.merge(api)
+        .merge(dashboard)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(

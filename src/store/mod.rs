@@ -10,6 +10,7 @@
 
 mod checkpoint;
 mod confirm;
+mod dashboard;
 mod events;
 mod ingest;
 mod jobs;
@@ -19,11 +20,13 @@ mod plan;
 mod prune;
 mod queries;
 mod reconcile;
+mod sessions;
 mod submissions;
 mod tokens;
 mod writer;
 
 pub use confirm::{ConfirmSummary, PendingClaim, Settlement, SettlementKind};
+pub use dashboard::{DeadFirstCursor, JobAttempt, JobSearch, JobSummary};
 pub use events::FeedEvent;
 pub use ingest::{IngestRequest, IngestResult, Outcome};
 pub use models::{DriftRow, JobRow, JobsPage, ReceiptRow, TransitionRow, UpdateRow};
@@ -34,6 +37,7 @@ pub use outbox::{
 pub use prune::{PRUNE_BYTES, PRUNE_ROWS, PruneCounts, PruneCutoffs, PruneReport, PruneStep};
 pub use queries::{Gauges, JobFilter, RECEIPT_LIST_BODY_BYTES, ReceiptFilter};
 pub use reconcile::{NOT_FOUND, ReconcileSummary, RemoteObservation, RemoteReport};
+pub use sessions::NewSession;
 pub use submissions::{Claim, Submission, SubmissionResult};
 pub use tokens::{TokenKind, Tokens};
 

@@ -367,7 +367,7 @@ pub struct TransitionDelivery {
     pub attempts: i64,
 }
 
-const DELIVERY_COLUMNS: &str = concat!(
+pub(super) const DELIVERY_COLUMNS: &str = concat!(
     "id, sink, event_id, finetune_id, status, attempts,
     CASE WHEN status = 'pending' AND next_attempt_at <> '",
     waiting!(),

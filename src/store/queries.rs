@@ -3,7 +3,8 @@
 use super::{DriftRow, JobRow, JobsPage, ReceiptRow, Store, StoreError, TransitionRow, UpdateRow};
 use sqlx::{QueryBuilder, Sqlite};
 
-const JOB_COLUMNS: &str = "finetune_id, name, status, base_model, slug, trained_model_url,
+pub(super) const JOB_COLUMNS: &str =
+    "finetune_id, name, status, base_model, slug, trained_model_url,
     inference_api_url, cloud_storage_url, error_message, created_ts, updated_ts,
     theme, train_type, source_type, data_source_path, public_model,
     first_seen_at, updated_at";

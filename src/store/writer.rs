@@ -24,6 +24,7 @@ use super::{
     outbox::{self, AttemptRecord, ReplayChunk, ReplayedChunk, SinkRoute},
     prune::{self, PruneCutoffs, PruneReport, PruneStep},
     reconcile::{self, ReconcileSummary, RemoteReport},
+    sessions,
     submissions::{self, Claim, Submission, SubmissionResult},
     tokens::{self, TokenKind, Tokens},
 };
@@ -60,6 +61,8 @@ pub(super) enum Step {
         response: String,
     },
     RecordPrune(Box<PruneReport>),
+    OpenSession(Box<super::sessions::NewSession>),
+    EndSession(String),
     /// Commit what came before, refuse what comes after, checkpoint and
     /// close the database.
     Close,
@@ -638,6 +641,14 @@ fn run_step(conn: &Connection, step: &Step, routes: &[SinkRoute]) -> rusqlite::R
         }
         Step::RecordPrune(report) => {
             prune::record(conn, report)?;
+            Output::Recorded
+        }
+        Step::OpenSession(session) => {
+            sessions::open(conn, session)?;
+            Output::Recorded
+        }
+        Step::EndSession(id) => {
+            sessions::end(conn, id)?;
             Output::Recorded
         }
         // The run loop takes it before any batch is formed.

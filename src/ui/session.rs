@@ -1,0 +1,192 @@
+//! Signing in and out, the session every page but sign-in needs, and the
+//! `Origin` check every form goes through.
+//!
+//! Signing in takes the API token (`tunehook tokens` prints it) and opens
+//! a session: a random id in an `HttpOnly`, `SameSite=Strict` cookie
+//! (`Secure` when the request came over https), of which only the digest
+//! is stored, with an expiry of `ui.session_ttl`. `http/auth.rs` decides
+//! whether a cookie still counts.
+
+use super::layout::{self, Nav};
+use crate::http::{
+    AppState,
+    auth::{self, SESSION_COOKIE},
+};
+use axum::{
+    Form,
+    extract::{Query, Request, State},
+    http::{HeaderMap, HeaderValue, Method, StatusCode, header},
+    middleware::Next,
+    response::Response,
+};
+use maud::html;
+use rand::Rng;
+use serde::Deserialize;
+
+/// Sends a request without a session to sign-in (a `GET` comes back to
+/// where it was going once signed in).
+pub async fn require(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    if auth::open_session(&state, request.headers())
+        .await
+        .is_some()
+    {
+        return next.run(request).await;
+    }
+    if request.method() != Method::GET {
+        return super::see_other("/signin");
+    }
+    let wanted = request
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    super::see_other(&format!(
+        "/signin{}",
+        layout::query(&[("next", Some(wanted))])
+    ))
+}
+
+/// Refuses a `POST` that did not come from this site's own pages: its
+/// `Origin` must be this server's origin (or `server.public_url`'s); a
+/// browser that sends none must say `Sec-Fetch-Site: same-origin`.
+pub async fn same_origin(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    if request.method() == Method::GET || request.method() == Method::HEAD {
+        return next.run(request).await;
+    }
+    if from_this_site(request.headers(), &state.public_url) {
+        return next.run(request).await;
+    }
+    tracing::warn!("a dashboard form came from another site; refused");
+    super::problem(
+        StatusCode::FORBIDDEN,
+        "Refused",
+        "This form was sent from another site, so nothing was changed. Use the dashboard's own page.",
+    )
+}
+
+fn from_this_site(headers: &HeaderMap, public_url: &str) -> bool {
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let Some(origin) = text("origin") else {
+        return text("sec-fetch-site") == Some("same-origin");
+    };
+    let scheme = text("x-forwarded-proto")
+        .and_then(|v| v.split(',').next())
+        .map(str::trim)
+        .unwrap_or("http");
+    let host = text("x-forwarded-host")
+        .and_then(|v| v.split(',').next())
+        .map(str::trim)
+        .or_else(|| text("host"));
+    let own = host.map(|host| format!("{scheme}://{host}"));
+    let public = url::Url::parse(public_url)
+        .ok()
+        .map(|u| u.origin().ascii_serialization());
+    [own, public]
+        .into_iter()
+        .flatten()
+        .any(|o| o.eq_ignore_ascii_case(origin))
+}
+
+/// True when the request came over https (directly or through a proxy
+/// that says so), so the cookie must be `Secure`.
+fn over_https(headers: &HeaderMap) -> bool {
+    headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("https"))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct SignInQuery {
+    next: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct SignInForm {
+    #[serde(default)]
+    token: String,
+    next: Option<String>,
+}
+
+/// `GET /signin`.
+pub async fn sign_in_page(Query(query): Query<SignInQuery>) -> Response {
+    super::html(StatusCode::OK, form(query.next.as_deref(), None))
+}
+
+/// `POST /signin`: the API token opens a session.
+pub async fn sign_in(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Form(form_data): Form<SignInForm>,
+) -> Response {
+    let next = layout::local_path(form_data.next.as_deref()).unwrap_or("/");
+    let token = form_data.token.trim();
+    if token.is_empty() || !state.credentials.api.matches(token) {
+        state.credentials.api_failures.failed();
+        let message = if token.is_empty() {
+            "Enter the API token."
+        } else {
+            "That is not the API token. `tunehook tokens` prints it."
+        };
+        return super::html(StatusCode::UNAUTHORIZED, form(Some(next), Some(message)));
+    }
+    let id = hex::encode(rand::rng().random::<[u8; 32]>());
+    let now = chrono::Utc::now();
+    let ttl = state.session_ttl;
+    let expires = now + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::hours(12));
+    let session = crate::store::NewSession {
+        id_sha256: auth::digest_hex(&id),
+        token_sha256: auth::digest_hex(state.credentials.api.current().expose()),
+        created_at: crate::time::rfc3339(now),
+        expires_at: crate::time::rfc3339(expires),
+    };
+    if let Err(e) = state.store.open_session(session).await {
+        return super::unavailable(e);
+    }
+    let secure = if over_https(&headers) { "; Secure" } else { "" };
+    let cookie = format!(
+        "{SESSION_COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{secure}",
+        ttl.as_secs()
+    );
+    let mut response = super::see_other(next);
+    if let Ok(value) = HeaderValue::from_str(&cookie) {
+        response.headers_mut().insert(header::SET_COOKIE, value);
+    }
+    response
+}
+
+/// `POST /signout`: ends the session here and in the browser.
+pub async fn sign_out(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if let Some(id) = auth::session_cookie(&headers) {
+        if let Err(e) = state.store.end_session(auth::digest_hex(id)).await {
+            return super::unavailable(e);
+        }
+    }
+    let mut response = super::see_other("/signin");
+    let clear = format!("{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0");
+    if let Ok(value) = HeaderValue::from_str(&clear) {
+        response.headers_mut().insert(header::SET_COOKIE, value);
+    }
+    response
+}
+
+fn form(next: Option<&str>, error: Option<&str>) -> maud::Markup {
+    let next = layout::local_path(next).unwrap_or("/");
+    let body = html! {
+        section.signin {
+            h1 { "Sign in" }
+            p { "Enter the API token. " code { "tunehook tokens" } " prints it." }
+            @if let Some(error) = error {
+                p.error #signin-error role="alert" { (error) }
+            }
+            form #signin-form method="post" action="/signin" {
+                input type="hidden" name="next" value=(next);
+                label for="token" { "API token" }
+                input #token type="password" name="token" autocomplete="current-password" required autofocus;
+                button #signin type="submit" { "Sign in" }
+            }
+        }
+    };
+    layout::page("Sign in", Nav::None, None, body)
+}
