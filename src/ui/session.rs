@@ -190,3 +190,72 @@ fn form(next: Option<&str>, error: Option<&str>) -> maud::Markup {
     };
     layout::page("Sign in", Nav::None, None, body)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.insert(*name, HeaderValue::from_static(value));
+        }
+        map
+    }
+
+    #[test]
+    fn a_form_from_this_host_passes_and_one_from_elsewhere_does_not() {
+        let own = headers(&[
+            ("host", "tunehook.local:8080"),
+            ("origin", "http://tunehook.local:8080"),
+        ]);
+        assert!(from_this_site(&own, ""));
+        let other = headers(&[
+            ("host", "tunehook.local:8080"),
+            ("origin", "http://evil.example"),
+        ]);
+        assert!(!from_this_site(&other, ""));
+        let wrong_scheme = headers(&[
+            ("host", "tunehook.local"),
+            ("origin", "https://tunehook.local"),
+        ]);
+        assert!(!from_this_site(&wrong_scheme, ""));
+    }
+
+    #[test]
+    fn behind_a_proxy_the_forwarded_scheme_and_host_or_the_public_url_count() {
+        let proxied = headers(&[
+            ("host", "10.0.0.5:8080"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "hooks.example.com"),
+            ("origin", "https://hooks.example.com"),
+        ]);
+        assert!(from_this_site(&proxied, ""));
+        let public = headers(&[
+            ("host", "10.0.0.5:8080"),
+            ("origin", "https://hooks.example.com"),
+        ]);
+        assert!(from_this_site(&public, "https://hooks.example.com/"));
+        assert!(!from_this_site(&public, ""));
+    }
+
+    #[test]
+    fn without_an_origin_only_a_same_origin_fetch_passes() {
+        assert!(!from_this_site(&headers(&[("host", "a")]), ""));
+        assert!(!from_this_site(
+            &headers(&[("host", "a"), ("sec-fetch-site", "cross-site")]),
+            ""
+        ));
+        assert!(from_this_site(
+            &headers(&[("host", "a"), ("sec-fetch-site", "same-origin")]),
+            ""
+        ));
+    }
+
+    #[test]
+    fn the_cookie_is_secure_only_over_https() {
+        assert!(over_https(&headers(&[("x-forwarded-proto", "https")])));
+        assert!(!over_https(&headers(&[("x-forwarded-proto", "http")])));
+        assert!(!over_https(&headers(&[])));
+    }
+}
