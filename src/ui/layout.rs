@@ -110,14 +110,15 @@ pub fn maybe_link(value: &str) -> Markup {
     }
 }
 
-/// `next` when it is a path on this site (`/…`, not `//…` nor `/\\…`),
-/// so a sign-in link cannot send anyone elsewhere.
+/// `next` when it is a path on this site: it starts with one `/`, and
+/// holds no backslash and no control character (browsers read `\` as `/`
+/// and drop tabs and newlines, so `/\evil` or `/<tab>/evil` would go to
+/// another site), so a sign-in link cannot send anyone elsewhere.
 pub fn local_path(next: Option<&str>) -> Option<&str> {
     next.filter(|p| {
         p.starts_with('/')
             && !p.starts_with("//")
-            && !p.starts_with("/\\")
-            && !p.contains(['\r', '\n'])
+            && !p.chars().any(|c| c == '\\' || c.is_control())
     })
 }
 
@@ -162,6 +163,10 @@ mod tests {
             "//evil.example",
             "https://evil.example",
             "/\\evil.example",
+            "/\t/evil.example",
+            "/\n/evil.example",
+            "/a\\b",
+            "/\u{1}x",
             "jobs",
             "",
         ] {
