@@ -176,6 +176,14 @@ fn is_local(location: &str) -> bool {
     location.starts_with('/') && !location.starts_with("//") && !location.starts_with("/\\")
 }
 
+/// A query parameter of a local `Location`, decoded.
+fn query_param(location: &str, name: &str) -> Option<String> {
+    let url = url::Url::parse(&format!("http://here{location}")).ok()?;
+    url.query_pairs()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
 // ------------------------------------------------------------------- pages
 
 /// The opening tags of `html`, in order. Text a page shows is escaped, so
@@ -726,8 +734,10 @@ async fn a_retry_posted_from_the_dashboard_itself_puts_the_delivery_back_in_the_
     assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.html);
     assert_guarded(&page, "the retry redirect");
     let location = page.location();
-    assert!(
-        location.starts_with("/jobs/ft-dead") && location.contains(&format!("retried={id}")),
+    assert!(location.starts_with("/jobs/ft-dead"), "{location}");
+    assert_eq!(
+        query_param(location, "retried"),
+        Some(id.to_string()),
         "{location}"
     );
     let retried = delivery(&app, id).await;
@@ -857,10 +867,15 @@ async fn a_replay_posted_from_another_origin_is_refused_and_one_from_the_dashboa
     .await;
     assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.html);
     let location = page.location();
-    assert!(
-        location.starts_with("/deliveries?")
-            && location.contains("sink=backend")
-            && location.contains("replayed=1"),
+    assert!(location.starts_with("/deliveries?"), "{location}");
+    assert_eq!(
+        query_param(location, "sink").as_deref(),
+        Some("backend"),
+        "{location}"
+    );
+    assert_eq!(
+        query_param(location, "replayed").as_deref(),
+        Some("1"),
         "{location}"
     );
     assert_eq!(deliveries(&app, "sink=backend").await.len(), 2, "replayed");
@@ -880,6 +895,24 @@ async fn a_session_may_read_the_api_but_not_change_anything_through_it() {
     assert_eq!(response.status(), StatusCode::OK);
     let body: Value = response.json().await.expect("json");
     assert_eq!(body["jobs"][0]["finetune_id"], "ft-dead");
+    // The page's live updates: an event stream opened with the cookie alone.
+    for stream in ["/v1/events", "/v1/jobs/ft-dead/events"] {
+        let response = browser()
+            .get(app.url(stream))
+            .header(header::COOKIE, &cookie)
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(response.status(), StatusCode::OK, "{stream}");
+        assert!(
+            response
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|t| t.starts_with("text/event-stream")),
+            "{stream}"
+        );
+    }
 
     let retry = format!("/v1/deliveries/{id}/retry");
     for (path, body) in [
@@ -936,7 +969,8 @@ async fn signing_out_ends_the_session_on_the_server() {
     let cleared = page.session_set_cookie().expect("the cookie is cleared");
     assert!(
         cookie_pair(cleared) == format!("{SESSION}=")
-            || cookie_attribute(cleared, "max-age").as_deref() == Some("0"),
+            || cookie_attribute(cleared, "max-age").as_deref() == Some("0")
+            || cookie_attribute(cleared, "expires").is_some_and(|e| e.contains("1970")),
         "{cleared}"
     );
 
@@ -1048,6 +1082,82 @@ async fn what_a_webhook_carries_is_shown_escaped() {
         text_of(&job.html, "pre", |t| has_class(t, "body"))
             .is_some_and(|body| body.contains(HOSTILE_NOTE)),
         "the receipt body is shown as text"
+    );
+}
+
+#[tokio::test]
+async fn what_a_visitor_puts_in_a_link_is_shown_escaped() {
+    let app = spawn_app().await;
+    let cookie = sign_in(&app).await;
+    let script = "%22%3E%3Cscript%3Ealert(1)%3C%2Fscript%3E";
+    for (path, cookie, status) in [
+        (format!("/?q={script}"), Some(&cookie), StatusCode::OK),
+        (format!("/?status={script}"), Some(&cookie), StatusCode::OK),
+        (
+            format!("/deliveries?sink={script}"),
+            Some(&cookie),
+            StatusCode::OK,
+        ),
+        (
+            format!("/jobs/{script}"),
+            Some(&cookie),
+            StatusCode::NOT_FOUND,
+        ),
+        (format!("/signin?next=%2F{script}"), None, StatusCode::OK),
+    ] {
+        let page = get(&app, &path, cookie.map(String::as_str)).await;
+        assert!(
+            page.status == status || page.status == StatusCode::BAD_REQUEST,
+            "{path}: {}",
+            page.status
+        );
+        assert_guarded(&page, &path);
+        assert!(
+            !page.html.contains("<script>alert"),
+            "{path}: the link's script is in the page"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_job_page_shows_its_transitions_oldest_first() {
+    let app = spawn_app().await;
+    for status in ["QUEUED", "TRAINING", "AVAILABLE"] {
+        app.post(json!({"event": status, "finetune_id": "ft-story", "name": "story"}))
+            .await;
+    }
+    let cookie = sign_in(&app).await;
+    let page = get(&app, "/jobs/ft-story", Some(&cookie)).await;
+    assert_html(&page, StatusCode::OK, "/jobs/ft-story");
+    assert_eq!(
+        text_of(&page.html, "h1", |_| true).as_deref(),
+        Some("story")
+    );
+    let timeline: Vec<(String, String)> = with_class(&page.html, "li", "transition")
+        .into_iter()
+        .map(|t| {
+            (
+                attr(t, "data-status").unwrap_or_default(),
+                attr(t, "data-source").unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        timeline,
+        [
+            ("QUEUED".to_owned(), "webhook".to_owned()),
+            ("TRAINING".to_owned(), "webhook".to_owned()),
+            ("AVAILABLE".to_owned(), "webhook".to_owned()),
+        ]
+    );
+    assert_eq!(
+        tags(&page.html)
+            .into_iter()
+            .find(|t| tag_name(t) == "body")
+            .and_then(|t| attr(t, "data-live"))
+            .as_deref(),
+        Some("/v1/jobs/ft-story/events"),
+        "the page follows the job's own stream"
     );
 }
 
