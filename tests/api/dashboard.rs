@@ -1417,3 +1417,35 @@ async fn with_the_dashboard_turned_off_its_pages_are_the_apis_404() {
     let (status, _) = app.get("/v1/jobs").await;
     assert_eq!(status, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn a_return_path_with_a_tab_cannot_leave_the_site() {
+    // Browsers drop tabs from a URL before reading it, so `/\t/evil.example`
+    // is `//evil.example`: another site.
+    let (app, _fake, id) = app_with_a_dead_delivery().await;
+    let sneaky = "/\t/evil.example";
+    let page = submit_sign_in(&app, &app.api_token, sneaky).await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.html);
+    let location = page.location().replace(['\t', '\n', '\r'], "");
+    assert!(
+        is_local(&location),
+        "sign-in sent the browser to {location}"
+    );
+
+    let cookie = sign_in(&app).await;
+    let page = post_form(
+        &app,
+        &format!("/deliveries/{id}/retry"),
+        Some(&cookie),
+        Some(&origin(&app)),
+        &[],
+        &[("back", sneaky)],
+    )
+    .await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.html);
+    let location = page.location().replace(['\t', '\n', '\r'], "");
+    assert!(
+        is_local(&location),
+        "a retry sent the browser to {location}"
+    );
+}
