@@ -2,6 +2,7 @@
 //! talks to it over HTTP on 127.0.0.1.
 
 mod confirmation;
+mod dashboard;
 mod delivery;
 mod fake_segmind;
 mod fake_sink;

@@ -1,0 +1,1451 @@
+//! The dashboard over plain HTTP, without a browser: its security headers,
+//! sign-in and sessions, the refusal of cross-origin form posts, escaping of
+//! what webhooks carry, and what its pages list.
+//!
+//! Redirects are never followed, so each test sees the 303s a browser would.
+//! The HTML is read with a small tag scanner below: enough to find the
+//! contract's element hooks (ids, classes, `data-` attributes).
+
+use crate::{
+    fake_sink::{FAIL, FakeSink, OK},
+    helpers::{TestApp, spawn_app, spawn_app_with},
+};
+use reqwest::{
+    StatusCode,
+    header::{self, HeaderMap},
+};
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+use tunehook::config::SinkSettings;
+
+const SESSION: &str = "tunehook_session";
+
+// ---------------------------------------------------------------- requests
+
+/// A client that does not follow redirects and keeps no cookies.
+fn browser() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("a client")
+}
+
+/// This server's own origin, as a browser on it would send it.
+fn origin(app: &TestApp) -> String {
+    format!("http://{}", app.addr)
+}
+
+/// A page as the browser gets it, with the session cookie when there is one.
+struct Page {
+    status: StatusCode,
+    headers: HeaderMap,
+    html: String,
+}
+
+impl Page {
+    fn header(&self, name: impl header::AsHeaderName) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+
+    fn location(&self) -> &str {
+        self.header(header::LOCATION)
+    }
+
+    /// Every `Set-Cookie` header.
+    fn set_cookies(&self) -> Vec<&str> {
+        self.headers
+            .get_all(header::SET_COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect()
+    }
+
+    /// The `Set-Cookie` header of the session cookie, if any.
+    fn session_set_cookie(&self) -> Option<&str> {
+        self.set_cookies()
+            .into_iter()
+            .find(|c| c.trim_start().starts_with(&format!("{SESSION}=")))
+    }
+}
+
+async fn read(response: reqwest::Response) -> Page {
+    let status = response.status();
+    let headers = response.headers().clone();
+    let html = response.text().await.expect("a body");
+    Page {
+        status,
+        headers,
+        html,
+    }
+}
+
+/// GETs a dashboard path, with `cookie` (a `name=value` pair) when given.
+async fn get(app: &TestApp, path: &str, cookie: Option<&str>) -> Page {
+    let mut request = browser().get(app.url(path));
+    if let Some(cookie) = cookie {
+        request = request.header(header::COOKIE, cookie);
+    }
+    read(request.send().await.expect("the page request completes")).await
+}
+
+/// POSTs a form to a dashboard path with the given cookie and `Origin`
+/// (none when `None`) and any extra headers.
+async fn post_form(
+    app: &TestApp,
+    path: &str,
+    cookie: Option<&str>,
+    origin: Option<&str>,
+    extra: &[(&str, &str)],
+    form: &[(&str, &str)],
+) -> Page {
+    let mut request = browser().post(app.url(path)).form(form);
+    if let Some(cookie) = cookie {
+        request = request.header(header::COOKIE, cookie);
+    }
+    if let Some(origin) = origin {
+        request = request.header(header::ORIGIN, origin);
+    }
+    for (name, value) in extra {
+        request = request.header(*name, *value);
+    }
+    read(request.send().await.expect("the form post completes")).await
+}
+
+/// POSTs the sign-in form from this server's own origin.
+async fn submit_sign_in(app: &TestApp, token: &str, next: &str) -> Page {
+    post_form(
+        app,
+        "/signin",
+        None,
+        Some(&origin(app)),
+        &[],
+        &[("token", token), ("next", next)],
+    )
+    .await
+}
+
+/// The `name=value` pair to send back for a `Set-Cookie` header.
+fn cookie_pair(set_cookie: &str) -> String {
+    set_cookie
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
+
+/// Signs in with `token` and answers the session cookie to send back.
+async fn sign_in_with(app: &TestApp, token: &str) -> String {
+    let page = submit_sign_in(app, token, "/").await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.html);
+    cookie_pair(page.session_set_cookie().expect("a session cookie"))
+}
+
+/// Signs in with the API token and answers the session cookie.
+async fn sign_in(app: &TestApp) -> String {
+    sign_in_with(app, &app.api_token).await
+}
+
+/// The attributes of a `Set-Cookie` header after its `name=value`, names
+/// lower-cased.
+fn cookie_attributes(set_cookie: &str) -> Vec<(String, String)> {
+    set_cookie
+        .split(';')
+        .skip(1)
+        .map(|part| {
+            let (name, value) = part.split_once('=').unwrap_or((part, ""));
+            (name.trim().to_ascii_lowercase(), value.trim().to_owned())
+        })
+        .collect()
+}
+
+fn cookie_attribute(set_cookie: &str, name: &str) -> Option<String> {
+    cookie_attributes(set_cookie)
+        .into_iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v)
+}
+
+/// A `Location` a browser resolves to this same server: a path, not `//host`
+/// or `/\host` (which browsers read as `//host`), and no scheme.
+fn is_local(location: &str) -> bool {
+    location.starts_with('/') && !location.starts_with("//") && !location.starts_with("/\\")
+}
+
+/// A query parameter of a local `Location`, decoded.
+fn query_param(location: &str, name: &str) -> Option<String> {
+    let url = url::Url::parse(&format!("http://here{location}")).ok()?;
+    url.query_pairs()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
+// ------------------------------------------------------------------- pages
+
+/// The opening tags of `html`, in order. Text a page shows is escaped, so
+/// every raw `<` opens a tag.
+fn tags(html: &str) -> Vec<&str> {
+    let mut found = Vec::new();
+    let mut rest = html;
+    while let Some(start) = rest.find('<') {
+        let after = &rest[start..];
+        let Some(end) = after.find('>') else { break };
+        let tag = &after[..=end];
+        if !tag.starts_with("</") && !tag.starts_with("<!") {
+            found.push(tag);
+        }
+        rest = &after[end + 1..];
+    }
+    found
+}
+
+/// The tag's name, lower-cased: `<tr class=…>` is `tr`.
+fn tag_name(tag: &str) -> String {
+    tag.trim_start_matches('<')
+        .split(|c: char| c.is_whitespace() || c == '>' || c == '/')
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase()
+}
+
+/// An attribute's value in an opening tag, unescaped; `Some("")` for a bare
+/// attribute such as `hidden`.
+fn attr(tag: &str, name: &str) -> Option<String> {
+    let inner = tag.trim_start_matches('<').trim_end_matches('>');
+    let mut rest = inner
+        .split_once(char::is_whitespace)
+        .map(|(_, r)| r)
+        .unwrap_or("");
+    loop {
+        rest = rest.trim_start().trim_start_matches('/').trim_start();
+        if rest.is_empty() {
+            return None;
+        }
+        let key_end = rest
+            .find(|c: char| c == '=' || c.is_whitespace())
+            .unwrap_or(rest.len());
+        let key = &rest[..key_end];
+        rest = rest[key_end..].trim_start();
+        let value = if let Some(after) = rest.strip_prefix('=') {
+            let after = after.trim_start();
+            let (value, tail) = match after.chars().next() {
+                Some(q @ ('"' | '\'')) => {
+                    let body = &after[1..];
+                    let end = body.find(q).unwrap_or(body.len());
+                    (&body[..end], body.get(end + 1..).unwrap_or(""))
+                }
+                _ => {
+                    let end = after.find(char::is_whitespace).unwrap_or(after.len());
+                    (&after[..end], &after[end..])
+                }
+            };
+            rest = tail;
+            value
+        } else {
+            ""
+        };
+        if key.eq_ignore_ascii_case(name) {
+            return Some(unescape(value));
+        }
+    }
+}
+
+fn unescape(text: &str) -> String {
+    text.replace("&quot;", "\"")
+        .replace("&#39;", "'")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&amp;", "&")
+}
+
+fn has_class(tag: &str, class: &str) -> bool {
+    attr(tag, "class").is_some_and(|c| c.split_whitespace().any(|c| c == class))
+}
+
+/// The opening tags named `name` that carry `class`.
+fn with_class<'a>(html: &'a str, name: &str, class: &str) -> Vec<&'a str> {
+    tags(html)
+        .into_iter()
+        .filter(|t| tag_name(t) == name && has_class(t, class))
+        .collect()
+}
+
+/// The text inside the first element opened by a tag for which `opens`
+/// holds, up to its closing tag `</name>`, with inner tags dropped.
+fn text_of(html: &str, name: &str, opens: impl Fn(&str) -> bool) -> Option<String> {
+    let tag = tags(html)
+        .into_iter()
+        .find(|t| tag_name(t) == name && opens(t))?;
+    let start = html.find(tag)? + tag.len();
+    let end = html[start..].find(&format!("</{name}>"))? + start;
+    let mut text = String::new();
+    let mut in_tag = false;
+    for c in html[start..end].chars() {
+        match c {
+            '<' => in_tag = true,
+            '>' => in_tag = false,
+            c if !in_tag => text.push(c),
+            _ => {}
+        }
+    }
+    Some(unescape(
+        text.split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+            .as_str(),
+    ))
+}
+
+/// The `data-finetune-id` of each `tr.job` on a jobs page, in order.
+fn listed_jobs(html: &str) -> Vec<String> {
+    with_class(html, "tr", "job")
+        .into_iter()
+        .filter_map(|t| attr(t, "data-finetune-id"))
+        .collect()
+}
+
+/// What every dashboard answer carries, whatever its status: the contract's
+/// security headers, and no markup the policy would block.
+fn assert_guarded(page: &Page, what: &str) {
+    let csp = page.header(header::CONTENT_SECURITY_POLICY);
+    let directives: Vec<&str> = csp.split(';').map(str::trim).collect();
+    for directive in [
+        "default-src 'self'",
+        "frame-ancestors 'none'",
+        "base-uri 'none'",
+        "form-action 'self'",
+        "object-src 'none'",
+    ] {
+        assert!(
+            directives.contains(&directive),
+            "{what}: `{directive}` missing from the CSP `{csp}`"
+        );
+    }
+    assert!(
+        !csp.contains("unsafe-inline") && !csp.contains("unsafe-eval"),
+        "{what}: {csp}"
+    );
+    assert_eq!(
+        page.header(header::X_CONTENT_TYPE_OPTIONS),
+        "nosniff",
+        "{what}"
+    );
+    assert_eq!(page.header(header::X_FRAME_OPTIONS), "DENY", "{what}");
+    assert_eq!(
+        page.header(header::REFERRER_POLICY),
+        "same-origin",
+        "{what}"
+    );
+    for tag in tags(&page.html) {
+        let name = tag_name(tag);
+        assert!(
+            name != "script" || attr(tag, "src").is_some(),
+            "{what}: an inline script, which the CSP blocks: {tag}"
+        );
+        assert!(
+            name != "style",
+            "{what}: a <style> element, which the CSP blocks"
+        );
+        assert!(
+            attr(tag, "style").is_none(),
+            "{what}: a style attribute, which the CSP blocks: {tag}"
+        );
+    }
+}
+
+/// An HTML page with status `status`, guarded.
+fn assert_html(page: &Page, status: StatusCode, what: &str) {
+    assert_eq!(page.status, status, "{what}: {}", page.html);
+    assert!(
+        page.header(header::CONTENT_TYPE).starts_with("text/html"),
+        "{what}: {}",
+        page.header(header::CONTENT_TYPE)
+    );
+    assert_guarded(page, what);
+}
+
+/// A redirect to the sign-in page.
+fn assert_to_sign_in(page: &Page, what: &str) {
+    assert_eq!(page.status, StatusCode::SEE_OTHER, "{what}: {}", page.html);
+    assert!(
+        page.location().starts_with("/signin"),
+        "{what}: to {}",
+        page.location()
+    );
+}
+
+// ------------------------------------------------------------ deliveries
+
+/// An `http` sink named `name` posting to `url` that gives up after one
+/// failed attempt.
+fn one_shot_sink(name: &str, url: &str) -> SinkSettings {
+    SinkSettings {
+        retry_schedule: Some(vec![]),
+        ..http_sink(name, url)
+    }
+}
+
+fn http_sink(name: &str, url: &str) -> SinkSettings {
+    toml::from_str(&format!(
+        "name = \"{name}\"\nkind = \"http\"\nurl = \"{url}\""
+    ))
+    .expect("a valid sink")
+}
+
+async fn deliveries(app: &TestApp, query: &str) -> Vec<Value> {
+    let (status, body) = app.get(&format!("/v1/deliveries?{query}")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body["deliveries"].as_array().cloned().unwrap_or_default()
+}
+
+/// An app with one sink, `broken`, whose only delivery (of job `ft-dead`)
+/// is dead; the fake sink behind it answers 500 until told otherwise.
+async fn app_with_a_dead_delivery() -> (TestApp, FakeSink, i64) {
+    let fake = FakeSink::answering(|_, _| FAIL).await;
+    let app = spawn_app_with(|s| {
+        s.delivery.timeout = Duration::from_secs(5);
+        s.sinks = vec![one_shot_sink("broken", &fake.url())];
+    })
+    .await;
+    app.post(json!({"event": "FAILED", "finetune_id": "ft-dead", "name": "doomed"}))
+        .await;
+    let list = app
+        .wait_for("/v1/deliveries?status=dead", "a dead delivery", |b| {
+            b["deliveries"].as_array().is_some_and(|d| d.len() == 1)
+        })
+        .await;
+    let id = list["deliveries"][0]["id"].as_i64().expect("an id");
+    (app, fake, id)
+}
+
+async fn delivery(app: &TestApp, id: i64) -> Value {
+    let (status, body) = app.get(&format!("/v1/deliveries/{id}")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body
+}
+
+// ------------------------------------------------------------------- tests
+
+#[tokio::test]
+async fn every_dashboard_page_carries_the_security_headers_and_no_inline_code() {
+    let (app, _fake, _) = app_with_a_dead_delivery().await;
+    let signed_out = get(&app, "/", None).await;
+    assert_to_sign_in(&signed_out, "GET / signed out");
+    assert_guarded(&signed_out, "the signed-out redirect");
+
+    let sign_in_page = get(&app, "/signin", None).await;
+    assert_html(&sign_in_page, StatusCode::OK, "/signin");
+
+    let cookie = sign_in(&app).await;
+    for (path, status) in [
+        ("/", StatusCode::OK),
+        ("/jobs/ft-dead", StatusCode::OK),
+        ("/jobs/no-such-job", StatusCode::NOT_FOUND),
+        ("/deliveries", StatusCode::OK),
+        ("/sinks", StatusCode::OK),
+    ] {
+        let page = get(&app, path, Some(&cookie)).await;
+        assert_html(&page, status, path);
+    }
+
+    let refused = post_form(
+        &app,
+        "/signout",
+        Some(&cookie),
+        Some("http://evil.example"),
+        &[],
+        &[],
+    )
+    .await;
+    assert_html(&refused, StatusCode::FORBIDDEN, "the cross-origin refusal");
+}
+
+#[tokio::test]
+async fn the_sign_in_page_has_the_form_the_contract_names() {
+    let app = spawn_app().await;
+    let page = get(&app, "/signin?next=%2Fsinks", None).await;
+    assert_html(&page, StatusCode::OK, "/signin");
+    let all = tags(&page.html);
+    let form = all
+        .iter()
+        .find(|t| tag_name(t) == "form" && attr(t, "id").as_deref() == Some("signin-form"))
+        .expect("form#signin-form");
+    assert_eq!(attr(form, "method").as_deref(), Some("post"));
+    assert_eq!(attr(form, "action").as_deref(), Some("/signin"));
+    let token = all
+        .iter()
+        .find(|t| tag_name(t) == "input" && attr(t, "name").as_deref() == Some("token"))
+        .expect("input[name=token]");
+    assert_eq!(attr(token, "type").as_deref(), Some("password"));
+    let next = all
+        .iter()
+        .find(|t| tag_name(t) == "input" && attr(t, "name").as_deref() == Some("next"))
+        .expect("input[name=next]");
+    assert_eq!(attr(next, "value").as_deref(), Some("/sinks"));
+    assert!(
+        all.iter()
+            .any(|t| tag_name(t) == "button" && attr(t, "id").as_deref() == Some("signin")),
+        "button#signin"
+    );
+}
+
+#[tokio::test]
+async fn the_jobs_page_sends_a_signed_out_visitor_to_sign_in_and_shows_a_signed_in_one() {
+    let app = spawn_app().await;
+    let page = get(&app, "/", None).await;
+    assert_to_sign_in(&page, "GET / signed out");
+    assert!(
+        ["/signin?next=%2F", "/signin?next=/"].contains(&page.location()),
+        "{}",
+        page.location()
+    );
+
+    let cookie = sign_in(&app).await;
+    let page = get(&app, "/", Some(&cookie)).await;
+    assert_html(&page, StatusCode::OK, "GET / signed in");
+    assert!(
+        tags(&page.html)
+            .iter()
+            .any(|t| tag_name(t) == "button" && attr(t, "id").as_deref() == Some("signout")),
+        "a sign-out button"
+    );
+}
+
+#[tokio::test]
+async fn signing_in_from_a_redirect_returns_to_the_page_asked_for() {
+    let app = spawn_app().await;
+    let page = get(&app, "/deliveries?status=dead", None).await;
+    assert_to_sign_in(&page, "GET /deliveries signed out");
+    let sign_in_url = page.location().to_owned();
+    let form = get(&app, &sign_in_url, None).await;
+    assert_html(&form, StatusCode::OK, &sign_in_url);
+    let next = tags(&form.html)
+        .into_iter()
+        .find(|t| tag_name(t) == "input" && attr(t, "name").as_deref() == Some("next"))
+        .and_then(|t| attr(t, "value"))
+        .expect("the hidden next field");
+    assert_eq!(next, "/deliveries?status=dead");
+
+    let page = submit_sign_in(&app, &app.api_token, &next).await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.html);
+    assert_eq!(page.location(), "/deliveries?status=dead");
+}
+
+#[tokio::test]
+async fn a_wrong_token_is_a_401_with_the_error_shown_and_no_cookie() {
+    let app = spawn_app().await;
+    for token in ["wrong", "", &app.ingest_token] {
+        let page = submit_sign_in(&app, token, "/").await;
+        assert_html(&page, StatusCode::UNAUTHORIZED, "a wrong token");
+        let error = tags(&page.html)
+            .into_iter()
+            .find(|t| attr(t, "id").as_deref() == Some("signin-error"))
+            .expect("p#signin-error");
+        assert_eq!(tag_name(error), "p");
+        assert!(has_class(error, "error"), "{error}");
+        assert_eq!(attr(error, "role").as_deref(), Some("alert"));
+        assert!(
+            !text_of(&page.html, "p", |t| attr(t, "id").as_deref()
+                == Some("signin-error"))
+            .unwrap_or_default()
+            .is_empty(),
+            "the error says something"
+        );
+        assert!(
+            page.set_cookies().is_empty(),
+            "no cookie for a wrong token: {:?}",
+            page.set_cookies()
+        );
+        assert!(
+            !page.html.contains(&app.api_token),
+            "the page does not show the API token"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_right_token_sets_a_strict_http_only_session_cookie_and_redirects_home() {
+    let app = spawn_app().await;
+    let page = submit_sign_in(&app, &app.api_token, "").await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.html);
+    assert_eq!(page.location(), "/");
+    assert_guarded(&page, "the sign-in redirect");
+    let set_cookie = page.session_set_cookie().expect("a session cookie");
+    let value = cookie_pair(set_cookie)[SESSION.len() + 1..].to_owned();
+    assert!(value.len() >= 16, "a random session id: {set_cookie}");
+    assert!(
+        !value.contains(&app.api_token),
+        "the cookie is not the token"
+    );
+    assert_eq!(cookie_attribute(set_cookie, "path").as_deref(), Some("/"));
+    assert!(
+        cookie_attribute(set_cookie, "httponly").is_some(),
+        "{set_cookie}"
+    );
+    assert!(
+        cookie_attribute(set_cookie, "samesite").is_some_and(|v| v.eq_ignore_ascii_case("strict")),
+        "{set_cookie}"
+    );
+    assert!(
+        cookie_attribute(set_cookie, "max-age")
+            .and_then(|v| v.parse::<u64>().ok())
+            .is_some_and(|age| age > 0),
+        "{set_cookie}"
+    );
+    assert!(
+        cookie_attribute(set_cookie, "secure").is_none(),
+        "plain http gets no Secure cookie, or the browser would drop it: {set_cookie}"
+    );
+
+    let other = sign_in(&app).await;
+    assert_ne!(
+        other,
+        cookie_pair(set_cookie),
+        "each sign-in is a new session"
+    );
+}
+
+#[tokio::test]
+async fn behind_a_tls_proxy_the_session_cookie_is_secure() {
+    let app = spawn_app().await;
+    let page = post_form(
+        &app,
+        "/signin",
+        None,
+        Some(&format!("https://{}", app.addr)),
+        &[("x-forwarded-proto", "https")],
+        &[("token", &app.api_token), ("next", "/")],
+    )
+    .await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.html);
+    let set_cookie = page.session_set_cookie().expect("a session cookie");
+    assert!(
+        cookie_attribute(set_cookie, "secure").is_some(),
+        "{set_cookie}"
+    );
+    assert!(
+        cookie_attribute(set_cookie, "httponly").is_some(),
+        "{set_cookie}"
+    );
+}
+
+#[tokio::test]
+async fn sign_in_returns_to_a_local_next_and_never_to_another_site() {
+    let app = spawn_app().await;
+    let page = submit_sign_in(&app, &app.api_token, "/sinks").await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.html);
+    assert_eq!(page.location(), "/sinks");
+
+    for next in [
+        "//evil.example",
+        "//evil.example/",
+        "https://evil.example",
+        "https://evil.example/",
+        "/\\evil.example",
+        "http:evil.example",
+        "javascript:alert(1)",
+        " //evil.example",
+    ] {
+        let page = submit_sign_in(&app, &app.api_token, next).await;
+        assert_eq!(page.status, StatusCode::SEE_OTHER, "{next}: {}", page.html);
+        let location = page.location();
+        assert!(
+            is_local(location) && !location.contains("evil.example"),
+            "next={next} sent the browser to {location}"
+        );
+        assert!(page.session_set_cookie().is_some(), "{next}");
+    }
+
+    // The sign-in page does not put another site into its form either.
+    let form = get(&app, "/signin?next=%2F%2Fevil.example", None).await;
+    assert_html(&form, StatusCode::OK, "/signin?next=//evil.example");
+    let next = tags(&form.html)
+        .into_iter()
+        .find(|t| tag_name(t) == "input" && attr(t, "name").as_deref() == Some("next"))
+        .and_then(|t| attr(t, "value"))
+        .unwrap_or_default();
+    assert!(
+        next.is_empty() || is_local(&next),
+        "the form carries next={next}"
+    );
+}
+
+#[tokio::test]
+async fn a_retry_posted_from_another_origin_is_refused_and_changes_nothing() {
+    let (app, fake, id) = app_with_a_dead_delivery().await;
+    let cookie = sign_in(&app).await;
+    let path = format!("/deliveries/{id}/retry");
+    let evil = "http://evil.example".to_owned();
+    let same_host_other_port = format!("http://{}:1", app.addr.ip());
+    let other_scheme = format!("https://{}", app.addr);
+    for bad in [
+        evil.as_str(),
+        "null",
+        same_host_other_port.as_str(),
+        other_scheme.as_str(),
+    ] {
+        let page = post_form(
+            &app,
+            &path,
+            Some(&cookie),
+            Some(bad),
+            &[],
+            &[("back", "/deliveries")],
+        )
+        .await;
+        assert_html(&page, StatusCode::FORBIDDEN, &format!("Origin: {bad}"));
+    }
+    // Sec-Fetch-Site does not rescue a foreign Origin.
+    let page = post_form(
+        &app,
+        &path,
+        Some(&cookie),
+        Some(&evil),
+        &[("sec-fetch-site", "same-origin")],
+        &[("back", "/deliveries")],
+    )
+    .await;
+    assert_eq!(page.status, StatusCode::FORBIDDEN);
+
+    let still = delivery(&app, id).await;
+    assert_eq!(still["status"], "dead", "{still}");
+    assert_eq!(still["attempts"], 1, "{still}");
+    assert_eq!(fake.received().len(), 1, "no new attempt reached the sink");
+}
+
+#[tokio::test]
+async fn a_retry_posted_from_the_dashboard_itself_puts_the_delivery_back_in_the_queue() {
+    let (app, fake, id) = app_with_a_dead_delivery().await;
+    fake.answer(|_, _| OK);
+    let cookie = sign_in(&app).await;
+    let page = post_form(
+        &app,
+        &format!("/deliveries/{id}/retry"),
+        Some(&cookie),
+        Some(&origin(&app)),
+        &[],
+        &[("back", "/jobs/ft-dead")],
+    )
+    .await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.html);
+    assert_guarded(&page, "the retry redirect");
+    let location = page.location();
+    assert!(location.starts_with("/jobs/ft-dead"), "{location}");
+    assert_eq!(
+        query_param(location, "retried"),
+        Some(id.to_string()),
+        "{location}"
+    );
+    let retried = delivery(&app, id).await;
+    assert!(
+        retried["status"] == "pending" || retried["status"] == "delivered",
+        "{retried}"
+    );
+    app.wait_for(
+        &format!("/v1/deliveries/{id}"),
+        "the retried delivery",
+        |d| d["status"] == "delivered",
+    )
+    .await;
+    assert_eq!(fake.received().len(), 2);
+}
+
+#[tokio::test]
+async fn a_retry_never_sends_the_browser_back_to_another_site() {
+    let (app, _fake, id) = app_with_a_dead_delivery().await;
+    let cookie = sign_in(&app).await;
+    let page = post_form(
+        &app,
+        &format!("/deliveries/{id}/retry"),
+        Some(&cookie),
+        Some(&origin(&app)),
+        &[],
+        &[("back", "//evil.example/deliveries")],
+    )
+    .await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.html);
+    assert!(
+        is_local(page.location()) && !page.location().contains("evil.example"),
+        "{}",
+        page.location()
+    );
+}
+
+#[tokio::test]
+async fn a_post_without_origin_is_refused_unless_the_browser_says_same_origin() {
+    let (app, _fake, id) = app_with_a_dead_delivery().await;
+    let cookie = sign_in(&app).await;
+    let path = format!("/deliveries/{id}/retry");
+    for extra in [
+        &[][..],
+        &[("sec-fetch-site", "cross-site")][..],
+        &[("sec-fetch-site", "same-site")][..],
+        &[("sec-fetch-site", "none")][..],
+    ] {
+        let page = post_form(&app, &path, Some(&cookie), None, extra, &[]).await;
+        assert_html(
+            &page,
+            StatusCode::FORBIDDEN,
+            &format!("no Origin, {extra:?}"),
+        );
+    }
+    assert_eq!(delivery(&app, id).await["status"], "dead");
+
+    let page = post_form(
+        &app,
+        &path,
+        Some(&cookie),
+        None,
+        &[("sec-fetch-site", "same-origin")],
+        &[],
+    )
+    .await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.html);
+    assert_ne!(delivery(&app, id).await["status"], "dead");
+}
+
+#[tokio::test]
+async fn a_sign_out_posted_from_another_origin_leaves_the_session_working() {
+    let app = spawn_app().await;
+    let cookie = sign_in(&app).await;
+    let page = post_form(
+        &app,
+        "/signout",
+        Some(&cookie),
+        Some("http://evil.example"),
+        &[],
+        &[],
+    )
+    .await;
+    assert_html(&page, StatusCode::FORBIDDEN, "a cross-origin sign-out");
+    assert!(
+        page.session_set_cookie().is_none(),
+        "the cookie is not cleared: {:?}",
+        page.set_cookies()
+    );
+    let page = get(&app, "/", Some(&cookie)).await;
+    assert_eq!(page.status, StatusCode::OK, "the session still works");
+}
+
+#[tokio::test]
+async fn a_replay_posted_from_another_origin_is_refused_and_one_from_the_dashboard_runs() {
+    let fake = FakeSink::start().await;
+    let app = spawn_app_with(|s| s.sinks = vec![http_sink("backend", &fake.url())]).await;
+    app.post(json!({"event": "AVAILABLE", "finetune_id": "ft-replay"}))
+        .await;
+    app.wait_for("/v1/deliveries", "the first delivery", |b| {
+        b["deliveries"][0]["status"] == "delivered"
+    })
+    .await;
+    let cookie = sign_in(&app).await;
+    let form = [("since", "2000-01-01T00:00"), ("finetune_id", "")];
+
+    let page = post_form(
+        &app,
+        "/sinks/backend/replay",
+        Some(&cookie),
+        Some("http://evil.example"),
+        &[],
+        &form,
+    )
+    .await;
+    assert_html(&page, StatusCode::FORBIDDEN, "a cross-origin replay");
+    assert_eq!(deliveries(&app, "sink=backend").await.len(), 1, "no replay");
+
+    let page = post_form(
+        &app,
+        "/sinks/backend/replay",
+        Some(&cookie),
+        Some(&origin(&app)),
+        &[],
+        &form,
+    )
+    .await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.html);
+    let location = page.location();
+    assert!(location.starts_with("/deliveries?"), "{location}");
+    assert_eq!(
+        query_param(location, "sink").as_deref(),
+        Some("backend"),
+        "{location}"
+    );
+    assert_eq!(
+        query_param(location, "replayed").as_deref(),
+        Some("1"),
+        "{location}"
+    );
+    assert_eq!(deliveries(&app, "sink=backend").await.len(), 2, "replayed");
+    fake.wait_for(2).await;
+}
+
+#[tokio::test]
+async fn a_session_may_read_the_api_but_not_change_anything_through_it() {
+    let (app, fake, id) = app_with_a_dead_delivery().await;
+    let cookie = sign_in(&app).await;
+    let response = browser()
+        .get(app.url("/v1/jobs"))
+        .header(header::COOKIE, &cookie)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["jobs"][0]["finetune_id"], "ft-dead");
+    // The page's live updates: an event stream opened with the cookie alone.
+    for stream in ["/v1/events", "/v1/jobs/ft-dead/events"] {
+        let response = browser()
+            .get(app.url(stream))
+            .header(header::COOKIE, &cookie)
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(response.status(), StatusCode::OK, "{stream}");
+        assert!(
+            response
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|t| t.starts_with("text/event-stream")),
+            "{stream}"
+        );
+    }
+
+    let retry = format!("/v1/deliveries/{id}/retry");
+    for (path, body) in [
+        ("/v1/reconcile", json!({})),
+        (retry.as_str(), json!({})),
+        ("/v1/tokens/rotate", json!({"token": "api"})),
+        (
+            "/v1/sinks/broken/replay",
+            json!({"since": "2000-01-01T00:00:00Z"}),
+        ),
+    ] {
+        let response = browser()
+            .post(app.url(path))
+            .header(header::COOKIE, &cookie)
+            .header(header::ORIGIN, origin(&app))
+            .json(&body)
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(
+            response.status(),
+            StatusCode::UNAUTHORIZED,
+            "{path} with only the cookie"
+        );
+    }
+    assert_eq!(delivery(&app, id).await["status"], "dead");
+    assert_eq!(deliveries(&app, "").await.len(), 1, "no replay");
+    assert_eq!(fake.received().len(), 1);
+    let (status, _) = app.get("/v1/jobs").await;
+    assert_eq!(status, StatusCode::OK, "the API token was not rotated");
+}
+
+#[tokio::test]
+async fn signing_out_ends_the_session_on_the_server() {
+    let app = spawn_app().await;
+    let cookie = sign_in(&app).await;
+    let other = sign_in(&app).await;
+    let page = post_form(
+        &app,
+        "/signout",
+        Some(&cookie),
+        Some(&origin(&app)),
+        &[],
+        &[],
+    )
+    .await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.html);
+    assert!(
+        page.location().starts_with("/signin"),
+        "{}",
+        page.location()
+    );
+    assert_guarded(&page, "the sign-out redirect");
+    let cleared = page.session_set_cookie().expect("the cookie is cleared");
+    assert!(
+        cookie_pair(cleared) == format!("{SESSION}=")
+            || cookie_attribute(cleared, "max-age").as_deref() == Some("0")
+            || cookie_attribute(cleared, "expires").is_some_and(|e| e.contains("1970")),
+        "{cleared}"
+    );
+
+    // A browser that kept the old cookie is signed out all the same.
+    assert_to_sign_in(&get(&app, "/", Some(&cookie)).await, "the old cookie");
+    let response = browser()
+        .get(app.url("/v1/jobs"))
+        .header(header::COOKIE, &cookie)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    // Another session is its own.
+    assert_eq!(get(&app, "/", Some(&other)).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_made_up_or_missing_session_cookie_is_signed_out() {
+    let app = spawn_app().await;
+    for cookie in [
+        format!("{SESSION}=made-up"),
+        format!("{SESSION}="),
+        format!("{SESSION}={}", app.api_token),
+        "other=1".to_owned(),
+    ] {
+        assert_to_sign_in(&get(&app, "/sinks", Some(&cookie)).await, &cookie);
+        let page = post_form(
+            &app,
+            "/signout",
+            Some(&cookie),
+            Some(&origin(&app)),
+            &[],
+            &[],
+        )
+        .await;
+        assert_to_sign_in(&page, &cookie);
+    }
+}
+
+#[tokio::test]
+async fn rotating_the_api_token_ends_the_sessions_signed_in_with_the_old_one() {
+    let app = spawn_app().await;
+    let old = app.api_token.clone();
+    let cookie = sign_in(&app).await;
+    assert_eq!(get(&app, "/", Some(&cookie)).await.status, StatusCode::OK);
+
+    let (status, answer) = app
+        .post_api("/v1/tokens/rotate", json!({"token": "api"}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let new = answer["value"].as_str().expect("the new token").to_owned();
+
+    assert_to_sign_in(
+        &get(&app, "/", Some(&cookie)).await,
+        "a session of the old token",
+    );
+    let response = browser()
+        .get(app.url("/v1/jobs"))
+        .header(header::COOKIE, &cookie)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+
+    let page = submit_sign_in(&app, &old, "/").await;
+    assert_eq!(page.status, StatusCode::UNAUTHORIZED, "the old token");
+    let cookie = sign_in_with(&app, &new).await;
+    assert_eq!(get(&app, "/", Some(&cookie)).await.status, StatusCode::OK);
+}
+
+const HOSTILE_NAME: &str = "<img src=x onerror=alert(1)>";
+const HOSTILE_NOTE: &str = "</pre><script>alert(1)</script>";
+
+#[tokio::test]
+async fn what_a_webhook_carries_is_shown_escaped() {
+    let app = spawn_app().await;
+    let (status, _) = app
+        .post(json!({
+            "event": "TRAINING_COMPLETED",
+            "finetune_id": "ft-hostile",
+            "name": HOSTILE_NAME,
+            "note": HOSTILE_NOTE,
+        }))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let cookie = sign_in(&app).await;
+
+    for path in ["/", "/jobs/ft-hostile", "/?q=%3Cimg"] {
+        let page = get(&app, path, Some(&cookie)).await;
+        assert_html(&page, StatusCode::OK, path);
+        assert!(page.html.contains("&lt;img"), "{path}: the name is shown");
+        assert!(!page.html.contains("<img src=x"), "{path}: a raw <img>");
+        assert!(
+            !page.html.contains("<script>alert"),
+            "{path}: a raw <script>"
+        );
+    }
+    let job = get(&app, "/jobs/ft-hostile", Some(&cookie)).await;
+    // The heading is the name, followed by the status badge.
+    let heading = text_of(&job.html, "h1", |_| true).unwrap_or_default();
+    assert!(
+        heading.starts_with(HOSTILE_NAME),
+        "the name is the heading, as text: {heading}"
+    );
+    assert!(
+        !job.html.contains("</pre><script>"),
+        "the receipt body breaks out of its <pre>"
+    );
+    assert!(
+        text_of(&job.html, "pre", |t| has_class(t, "body"))
+            .is_some_and(|body| body.contains(HOSTILE_NOTE)),
+        "the receipt body is shown as text"
+    );
+}
+
+#[tokio::test]
+async fn what_a_visitor_puts_in_a_link_is_shown_escaped() {
+    let app = spawn_app().await;
+    let cookie = sign_in(&app).await;
+    let script = "%22%3E%3Cscript%3Ealert(1)%3C%2Fscript%3E";
+    for (path, cookie, status) in [
+        (format!("/?q={script}"), Some(&cookie), StatusCode::OK),
+        (format!("/?status={script}"), Some(&cookie), StatusCode::OK),
+        (
+            format!("/deliveries?sink={script}"),
+            Some(&cookie),
+            StatusCode::OK,
+        ),
+        (
+            format!("/jobs/{script}"),
+            Some(&cookie),
+            StatusCode::NOT_FOUND,
+        ),
+        (format!("/signin?next=%2F{script}"), None, StatusCode::OK),
+    ] {
+        let page = get(&app, &path, cookie.map(String::as_str)).await;
+        assert!(
+            page.status == status || page.status == StatusCode::BAD_REQUEST,
+            "{path}: {}",
+            page.status
+        );
+        assert_guarded(&page, &path);
+        assert!(
+            !page.html.contains("<script>alert"),
+            "{path}: the link's script is in the page"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_job_page_shows_its_transitions_oldest_first() {
+    let app = spawn_app().await;
+    for status in ["QUEUED", "TRAINING", "AVAILABLE"] {
+        app.post(json!({"event": status, "finetune_id": "ft-story", "name": "story"}))
+            .await;
+    }
+    let cookie = sign_in(&app).await;
+    let page = get(&app, "/jobs/ft-story", Some(&cookie)).await;
+    assert_html(&page, StatusCode::OK, "/jobs/ft-story");
+    let heading = text_of(&page.html, "h1", |_| true).unwrap_or_default();
+    assert!(heading.starts_with("story "), "{heading}");
+    let timeline: Vec<(String, String)> = with_class(&page.html, "li", "transition")
+        .into_iter()
+        .map(|t| {
+            (
+                attr(t, "data-status").unwrap_or_default(),
+                attr(t, "data-source").unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        timeline,
+        [
+            ("QUEUED".to_owned(), "webhook".to_owned()),
+            ("TRAINING".to_owned(), "webhook".to_owned()),
+            ("AVAILABLE".to_owned(), "webhook".to_owned()),
+        ]
+    );
+    assert_eq!(
+        tags(&page.html)
+            .into_iter()
+            .find(|t| tag_name(t) == "body")
+            .and_then(|t| attr(t, "data-live"))
+            .as_deref(),
+        Some("/v1/jobs/ft-story/events"),
+        "the page follows the job's own stream"
+    );
+}
+
+#[tokio::test]
+async fn a_status_filter_lists_only_jobs_in_that_status() {
+    let app = app_with_named_jobs().await;
+    let cookie = sign_in(&app).await;
+    let page = get(&app, "/?status=AVAILABLE", Some(&cookie)).await;
+    assert_html(&page, StatusCode::OK, "?status=AVAILABLE");
+    let mut listed = listed_jobs(&page.html);
+    listed.sort();
+    assert_eq!(listed, ["ft-alpha-1", "ft-gamma-3"]);
+    assert_eq!(
+        text_of(&page.html, "td", |t| has_class(t, "status")).as_deref(),
+        Some("AVAILABLE")
+    );
+
+    let all = get(&app, "/", Some(&cookie)).await;
+    assert_eq!(listed_jobs(&all.html).len(), 4, "no filter lists them all");
+}
+
+#[tokio::test]
+async fn a_search_finds_jobs_by_part_of_their_name_or_their_id() {
+    let app = app_with_named_jobs().await;
+    let cookie = sign_in(&app).await;
+    for (q, expected) in [
+        ("portrait", vec!["ft-alpha-1", "ft-beta-2"]),
+        ("PORTRAIT", vec!["ft-alpha-1", "ft-beta-2"]),
+        ("gamma", vec!["ft-gamma-3"]),
+        ("delta-4", vec!["ft-delta-4"]),
+        ("nothing-like-it", vec![]),
+    ] {
+        let page = get(&app, &format!("/?q={q}"), Some(&cookie)).await;
+        assert_html(&page, StatusCode::OK, &format!("?q={q}"));
+        let mut listed = listed_jobs(&page.html);
+        listed.sort();
+        assert_eq!(listed, expected, "?q={q}");
+    }
+    let page = get(&app, "/?status=AVAILABLE&q=portrait", Some(&cookie)).await;
+    assert_eq!(
+        listed_jobs(&page.html),
+        ["ft-alpha-1"],
+        "both filters apply"
+    );
+}
+
+#[tokio::test]
+async fn the_jobs_page_counts_each_status() {
+    let app = app_with_named_jobs().await;
+    let cookie = sign_in(&app).await;
+    let page = get(&app, "/?status=FAILED", Some(&cookie)).await;
+    assert_html(&page, StatusCode::OK, "/");
+    for (status, count) in [("AVAILABLE", 2), ("QUEUED", 1), ("FAILED", 1)] {
+        let text = text_of(&page.html, "li", |t| {
+            attr(t, "data-status").as_deref() == Some(status)
+        })
+        .unwrap_or_else(|| panic!("li[data-status={status}] in #counts"));
+        assert!(text.contains(status), "{status}: {text}");
+        let numbers: Vec<&str> = text
+            .split(|c: char| !c.is_ascii_digit())
+            .filter(|n| !n.is_empty())
+            .collect();
+        assert_eq!(numbers, [count.to_string()], "{status}: {text}");
+    }
+    assert!(
+        text_of(&page.html, "li", |t| attr(t, "data-status").as_deref()
+            == Some("TRAINING"))
+        .is_none_or(|text| text.contains('0')),
+        "a status no job is in counts none"
+    );
+    let counts = tags(&page.html)
+        .into_iter()
+        .find(|t| tag_name(t) == "ul" && attr(t, "id").as_deref() == Some("counts"));
+    assert!(counts.is_some(), "ul#counts");
+}
+
+/// Four jobs: two AVAILABLE (one a portrait), one QUEUED portrait, one FAILED.
+async fn app_with_named_jobs() -> TestApp {
+    let app = spawn_app().await;
+    for (id, name, status) in [
+        ("ft-alpha-1", "Portrait of Ada", "AVAILABLE"),
+        ("ft-beta-2", "portrait sketches", "QUEUED"),
+        ("ft-gamma-3", "landscapes", "AVAILABLE"),
+        ("ft-delta-4", "cats", "FAILED"),
+    ] {
+        let (code, body) = app
+            .post(json!({"event": status, "finetune_id": id, "name": name}))
+            .await;
+        assert_eq!(code, StatusCode::OK, "{body}");
+    }
+    app
+}
+
+#[tokio::test]
+async fn the_deliveries_page_lists_dead_letters_first() {
+    let good = FakeSink::start().await;
+    let bad = FakeSink::answering(|_, _| FAIL).await;
+    let app = spawn_app_with(|s| {
+        s.delivery.timeout = Duration::from_secs(5);
+        // The dead sink sits between the others, so neither oldest-first
+        // nor newest-first order would put its deliveries first by chance.
+        s.sinks = vec![
+            http_sink("fine", &good.url()),
+            one_shot_sink("broken", &bad.url()),
+            SinkSettings {
+                retry_schedule: Some(vec![Duration::from_secs(3600)]),
+                ..http_sink("flaky", &bad.url())
+            },
+        ];
+    })
+    .await;
+    for id in ["ft-one", "ft-two"] {
+        app.post(json!({"event": "AVAILABLE", "finetune_id": id}))
+            .await;
+    }
+    app.wait_for("/v1/deliveries", "each sink's two outcomes", |b| {
+        let list = b["deliveries"].as_array().cloned().unwrap_or_default();
+        let count = |sink: &str, status: &str| {
+            list.iter()
+                .filter(|d| d["sink"] == sink && d["status"] == status)
+                .count()
+        };
+        count("fine", "delivered") == 2
+            && count("broken", "dead") == 2
+            && list
+                .iter()
+                .filter(|d| d["sink"] == "flaky" && d["attempts"] == 1)
+                .count()
+                == 2
+    })
+    .await;
+
+    let cookie = sign_in(&app).await;
+    let page = get(&app, "/deliveries", Some(&cookie)).await;
+    assert_html(&page, StatusCode::OK, "/deliveries");
+    let rows = with_class(&page.html, "tr", "delivery");
+    let statuses: Vec<String> = rows.iter().filter_map(|r| attr(r, "data-status")).collect();
+    assert_eq!(statuses.len(), 6, "{statuses:?}");
+    assert_eq!(&statuses[..2], ["dead", "dead"], "{statuses:?}");
+    assert!(
+        statuses[2..]
+            .iter()
+            .all(|s| s == "pending" || s == "delivered"),
+        "{statuses:?}"
+    );
+    for row in &rows {
+        if attr(row, "data-status").as_deref() == Some("dead") {
+            assert_eq!(attr(row, "data-sink").as_deref(), Some("broken"), "{row}");
+        }
+    }
+    // Each dead one has its retry button.
+    let dead_ids: Vec<String> = rows
+        .iter()
+        .filter(|r| attr(r, "data-status").as_deref() == Some("dead"))
+        .filter_map(|r| attr(r, "data-delivery-id"))
+        .collect();
+    for id in dead_ids {
+        let action = format!("/deliveries/{id}/retry");
+        assert!(
+            tags(&page.html).iter().any(|t| tag_name(t) == "form"
+                && attr(t, "action").as_deref() == Some(action.as_str())
+                && attr(t, "method").is_some_and(|m| m.eq_ignore_ascii_case("post"))),
+            "a retry form for {id}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_sinks_page_lists_each_configured_sink() {
+    let fake = FakeSink::start().await;
+    let app = spawn_app_with(|s| {
+        s.sinks = vec![
+            http_sink("backend", &fake.url()),
+            http_sink("audit", &fake.url()),
+        ]
+    })
+    .await;
+    let cookie = sign_in(&app).await;
+    let page = get(&app, "/sinks", Some(&cookie)).await;
+    assert_html(&page, StatusCode::OK, "/sinks");
+    let mut sinks: Vec<String> = with_class(&page.html, "tr", "sink")
+        .into_iter()
+        .filter_map(|t| attr(t, "data-sink"))
+        .collect();
+    sinks.sort();
+    assert_eq!(sinks, ["audit", "backend"]);
+}
+
+#[test]
+fn the_tag_scanner_reads_the_attributes_the_tests_rely_on() {
+    let html = r#"<tr class="job drift" data-finetune-id="a&amp;b"><td hidden>x</td>
+        <script src="/assets/app.js" defer></script><p style='color:red'>&lt;img</p>"#;
+    let all = tags(html);
+    assert_eq!(all.len(), 4);
+    assert_eq!(tag_name(all[0]), "tr");
+    assert!(has_class(all[0], "job") && has_class(all[0], "drift"));
+    assert_eq!(attr(all[0], "data-finetune-id").as_deref(), Some("a&b"));
+    assert_eq!(attr(all[1], "hidden").as_deref(), Some(""));
+    assert_eq!(attr(all[2], "src").as_deref(), Some("/assets/app.js"));
+    assert_eq!(attr(all[3], "style").as_deref(), Some("color:red"));
+    assert_eq!(text_of(html, "p", |_| true).as_deref(), Some("<img"));
+    assert!(is_local("/x") && !is_local("//x") && !is_local("/\\x") && !is_local("https://x"));
+}
+
+#[tokio::test]
+async fn a_session_stops_working_once_its_time_is_up() {
+    let app = spawn_app_with(|s| s.ui.session_ttl = Duration::from_secs(1)).await;
+    let signed_in_at = Instant::now();
+    let page = submit_sign_in(&app, &app.api_token, "/").await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.html);
+    let set_cookie = page.session_set_cookie().expect("a session cookie");
+    assert_eq!(
+        cookie_attribute(set_cookie, "max-age").as_deref(),
+        Some("1"),
+        "the browser is told the same lifetime: {set_cookie}"
+    );
+    let cookie = cookie_pair(set_cookie);
+    assert_eq!(get(&app, "/", Some(&cookie)).await.status, StatusCode::OK);
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let page = get(&app, "/", Some(&cookie)).await;
+        if page.status == StatusCode::SEE_OTHER {
+            assert_to_sign_in(&page, "an expired session");
+            break;
+        }
+        assert_eq!(page.status, StatusCode::OK, "{}", page.html);
+        assert!(Instant::now() < deadline, "the session never expired");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        signed_in_at.elapsed() >= Duration::from_millis(900),
+        "expired after {:?}, before its second was up",
+        signed_in_at.elapsed()
+    );
+    let response = browser()
+        .get(app.url("/v1/jobs"))
+        .header(header::COOKIE, &cookie)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn with_the_dashboard_turned_off_its_pages_are_the_apis_404() {
+    let app = spawn_app_with(|s| s.ui.enabled = false).await;
+    for path in ["/", "/signin", "/sinks", "/jobs/x", "/assets/app.css"] {
+        let response = browser().get(app.url(path)).send().await.expect("sent");
+        assert_eq!(response.status(), StatusCode::NOT_FOUND, "{path}");
+        let body: Value = response.json().await.expect("the API's JSON error");
+        assert_eq!(body["error"]["code"], "not_found", "{path}");
+    }
+    let page = submit_sign_in(&app, &app.api_token, "/").await;
+    assert_eq!(page.status, StatusCode::NOT_FOUND, "POST /signin");
+    assert!(page.session_set_cookie().is_none());
+    // The API is unaffected.
+    let (status, _) = app.get("/v1/jobs").await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_return_path_with_a_tab_cannot_leave_the_site() {
+    // Browsers drop tabs from a URL before reading it, so `/\t/evil.example`
+    // is `//evil.example`: another site.
+    let (app, _fake, id) = app_with_a_dead_delivery().await;
+    let sneaky = "/\t/evil.example";
+    let page = submit_sign_in(&app, &app.api_token, sneaky).await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.html);
+    let location = page.location().replace(['\t', '\n', '\r'], "");
+    assert!(
+        is_local(&location),
+        "sign-in sent the browser to {location}"
+    );
+
+    let cookie = sign_in(&app).await;
+    let page = post_form(
+        &app,
+        &format!("/deliveries/{id}/retry"),
+        Some(&cookie),
+        Some(&origin(&app)),
+        &[],
+        &[("back", sneaky)],
+    )
+    .await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.html);
+    let location = page.location().replace(['\t', '\n', '\r'], "");
+    assert!(
+        is_local(&location),
+        "a retry sent the browser to {location}"
+    );
+}
