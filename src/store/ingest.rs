@@ -97,6 +97,18 @@ pub struct IngestResult {
 }
 
 /// Stores `requests` in order; answers one result per request.
+/// Stores one webhook, as a batch of one.
+pub(super) fn execute_one(
+    conn: &Connection,
+    request: &IngestRequest,
+    routes: &[SinkRoute],
+) -> rusqlite::Result<IngestResult> {
+    // A batch answers one result per request.
+    execute_batch(conn, &[request], routes)?
+        .pop()
+        .ok_or(rusqlite::Error::QueryReturnedNoRows)
+}
+
 pub(super) fn execute_batch(
     conn: &Connection,
     requests: &[&IngestRequest],

@@ -9,6 +9,7 @@
 //! alongside the writer.
 
 mod checkpoint;
+mod commands;
 mod confirm;
 mod dashboard;
 mod events;
@@ -51,7 +52,7 @@ use sqlx::{
 };
 use std::{path::Path, str::FromStr, sync::Arc};
 use tokio::sync::watch;
-use writer::{Output, Step, WriterHandle, mismatch};
+use writer::WriterHandle;
 pub use writer::{PANIC_AFTER_VAR, WriterState, WriterTask};
 
 /// The migrations, embedded in the binary.
@@ -145,47 +146,29 @@ impl Store {
 
     /// Stores one webhook request and applies it to its job, durably.
     pub async fn ingest(&self, request: IngestRequest) -> Result<IngestResult, StoreError> {
-        match self.writer.call(Step::Ingest(Box::new(request))).await? {
-            Output::Ingest(result) => {
-                self.committed();
-                Ok(result)
-            }
-            _ => Err(mismatch()),
-        }
+        let result = self.writer.ingest(request).await?;
+        self.committed();
+        Ok(result)
     }
 
     /// Records a delivery attempt and what follows it.
     pub async fn record_attempt(&self, record: AttemptRecord) -> Result<(), StoreError> {
-        match self
-            .writer
-            .call(Step::RecordAttempt(Box::new(record)))
-            .await?
-        {
-            Output::Recorded => Ok(()),
-            _ => Err(mismatch()),
-        }
+        self.writer.run(commands::RecordAttempt(record)).await
     }
 
     /// Puts a dead or delivered delivery back to pending, due now. False
     /// when there is no such delivery or it is already pending.
     pub async fn retry_delivery(&self, id: i64) -> Result<bool, StoreError> {
-        match self.writer.call(Step::RetryDelivery(id)).await? {
-            Output::Retried(retried) => Ok(retried),
-            _ => Err(mismatch()),
-        }
+        self.writer.run(commands::RetryDelivery(id)).await
     }
 
     /// Applies what Segmind's API reported about these jobs, under the same
     /// rules as webhooks (source `reconcile`), and remembers the ids its
     /// details did not know.
     pub async fn reconcile(&self, report: RemoteReport) -> Result<ReconcileSummary, StoreError> {
-        match self.writer.call(Step::Reconcile(Box::new(report))).await? {
-            Output::Reconciled(summary) => {
-                self.committed();
-                Ok(summary)
-            }
-            _ => Err(mismatch()),
-        }
+        let summary = self.writer.run(commands::Reconcile(report)).await?;
+        self.committed();
+        Ok(summary)
     }
 
     /// Settles claims waiting for Segmind's API, or schedules their next
@@ -194,13 +177,9 @@ impl Store {
         &self,
         settlements: Vec<Settlement>,
     ) -> Result<ConfirmSummary, StoreError> {
-        match self.writer.call(Step::Settle(settlements)).await? {
-            Output::Settled(summary) => {
-                self.committed();
-                Ok(summary)
-            }
-            _ => Err(mismatch()),
-        }
+        let summary = self.writer.run(commands::Settle(settlements)).await?;
+        self.committed();
+        Ok(summary)
     }
 
     /// Changes after each write of this process that may have committed
@@ -220,13 +199,9 @@ impl Store {
         &self,
         submission: Submission,
     ) -> Result<SubmissionResult, StoreError> {
-        match self.writer.call(Step::Submit(Box::new(submission))).await? {
-            Output::Submitted(result) => {
-                self.committed();
-                Ok(result)
-            }
-            _ => Err(mismatch()),
-        }
+        let result = self.writer.run(commands::Submit(submission)).await?;
+        self.committed();
+        Ok(result)
     }
 
     /// Records the model's access (`public_model`) on a known job; `None`
@@ -236,17 +211,13 @@ impl Store {
         finetune_id: &str,
         public: bool,
     ) -> Result<Option<usize>, StoreError> {
-        let step = Step::Access {
+        let command = commands::RecordAccess {
             finetune_id: finetune_id.to_owned(),
             public,
         };
-        match self.writer.call(step).await? {
-            Output::AccessRecorded(result) => {
-                self.committed();
-                Ok(result)
-            }
-            _ => Err(mismatch()),
-        }
+        let result = self.writer.run(command).await?;
+        self.committed();
+        Ok(result)
     }
 
     /// Claims an `Idempotency-Key` for a request whose checked body hashes
@@ -256,22 +227,16 @@ impl Store {
         key: &str,
         request_sha256: &str,
     ) -> Result<Claim, StoreError> {
-        let step = Step::ClaimKey {
+        let command = commands::ClaimKey {
             key: key.to_owned(),
             request_sha256: request_sha256.to_owned(),
         };
-        match self.writer.call(step).await? {
-            Output::Claimed(claim) => Ok(claim),
-            _ => Err(mismatch()),
-        }
+        self.writer.run(command).await
     }
 
     /// Gives up a claim whose request did not make a job.
     pub async fn release_idempotency_key(&self, key: &str) -> Result<(), StoreError> {
-        match self.writer.call(Step::ReleaseKey(key.to_owned())).await? {
-            Output::Recorded => Ok(()),
-            _ => Err(mismatch()),
-        }
+        self.writer.run(commands::ReleaseKey(key.to_owned())).await
     }
 
     /// Keeps the answer given to the request with this key.
@@ -280,14 +245,11 @@ impl Store {
         key: &str,
         response: &str,
     ) -> Result<(), StoreError> {
-        let step = Step::StoreAnswer {
+        let command = commands::StoreAnswer {
             key: key.to_owned(),
             response: response.to_owned(),
         };
-        match self.writer.call(step).await? {
-            Output::Recorded => Ok(()),
-            _ => Err(mismatch()),
-        }
+        self.writer.run(command).await
     }
 
     /// Changes whenever a commit made deliveries due.
@@ -298,10 +260,7 @@ impl Store {
     /// The ingest and API tokens kept in the database, generating each one
     /// that is missing. Configured tokens are not stored: they win over these.
     pub async fn generated_tokens(&self) -> Result<Tokens, StoreError> {
-        match self.writer.call(Step::Tokens).await? {
-            Output::Tokens(tokens) => Ok(tokens),
-            _ => Err(mismatch()),
-        }
+        self.writer.run(commands::LoadTokens).await
     }
 
     /// Asks the writer to commit what is queued and close the database;
@@ -338,10 +297,7 @@ impl Store {
     /// Replaces a generated token with a new random one, durably; answers
     /// the new token.
     pub async fn rotate_token(&self, kind: TokenKind) -> Result<String, StoreError> {
-        match self.writer.call(Step::RotateToken(kind)).await? {
-            Output::Rotated(token) => Ok(token),
-            _ => Err(mismatch()),
-        }
+        self.writer.run(commands::RotateToken(kind)).await
     }
 
     /// The generated tokens as stored now (another process may have rotated

@@ -9,10 +9,7 @@
 //! found through an index without looking at the queue behind them, however
 //! long a sink outage made it.
 
-use super::{
-    Store, StoreError,
-    writer::{Output, Step, mismatch},
-};
+use super::{Store, StoreError};
 use crate::domain::{Status, event::EventType};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
@@ -399,10 +396,7 @@ impl Store {
                 until,
                 limit,
             };
-            let done = match self.writer.call(Step::Replay(Box::new(chunk))).await? {
-                Output::Replayed(done) => done,
-                _ => return Err(mismatch()),
-            };
+            let done = self.writer.run(super::commands::Replay(chunk)).await?;
             replayed.enqueued += done.enqueued;
             replayed.skipped += done.skipped;
             let looked_at = u32::try_from(done.enqueued + done.skipped).unwrap_or(u32::MAX);

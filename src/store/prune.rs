@@ -12,10 +12,7 @@
 //! receipts holding at most [`PRUNE_BYTES`] of bodies), so a webhook queued
 //! behind it waits a few milliseconds, not for a whole year of history.
 
-use super::{
-    Store, StoreError,
-    writer::{Output, Step, mismatch},
-};
+use super::{Store, StoreError};
 use rusqlite::{Connection, params};
 use serde::{Deserialize, Serialize};
 
@@ -159,26 +156,14 @@ impl Store {
     /// Removes one small batch of each kind of old history; `more` says
     /// whether another step has work.
     pub async fn prune_step(&self, cutoffs: &PruneCutoffs) -> Result<PruneStep, StoreError> {
-        match self
-            .writer
-            .call(Step::Prune(Box::new(cutoffs.clone())))
-            .await?
-        {
-            Output::Pruned(step) => Ok(step),
-            _ => Err(mismatch()),
-        }
+        self.writer
+            .run(super::commands::Prune(cutoffs.clone()))
+            .await
     }
 
     /// Keeps `report` as the last prune.
     pub async fn record_prune(&self, report: PruneReport) -> Result<(), StoreError> {
-        match self
-            .writer
-            .call(Step::RecordPrune(Box::new(report)))
-            .await?
-        {
-            Output::Recorded => Ok(()),
-            _ => Err(mismatch()),
-        }
+        self.writer.run(super::commands::RecordPrune(report)).await
     }
 
     /// What a prune with these cutoffs would remove now; reads only.

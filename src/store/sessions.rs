@@ -5,10 +5,7 @@
 //! API token, so neither a copy of the database nor a reader of its file
 //! can sign anybody in.
 
-use super::{
-    Store, StoreError,
-    writer::{Output, Step, mismatch},
-};
+use super::{Store, StoreError, commands};
 use rusqlite::Connection;
 
 /// A session to open: digests only.
@@ -46,21 +43,11 @@ pub(super) fn end(conn: &Connection, id_sha256: &str) -> rusqlite::Result<()> {
 
 impl Store {
     pub async fn open_session(&self, session: NewSession) -> Result<(), StoreError> {
-        match self
-            .writer
-            .call(Step::OpenSession(Box::new(session)))
-            .await?
-        {
-            Output::Recorded => Ok(()),
-            _ => Err(mismatch()),
-        }
+        self.writer.run(commands::OpenSession(session)).await
     }
 
     pub async fn end_session(&self, id_sha256: String) -> Result<(), StoreError> {
-        match self.writer.call(Step::EndSession(id_sha256)).await? {
-            Output::Recorded => Ok(()),
-            _ => Err(mismatch()),
-        }
+        self.writer.run(commands::EndSession(id_sha256)).await
     }
 
     /// True when a session with this digest is open at `now` and was opened

@@ -9,6 +9,9 @@
 //! Webhooks in a batch are stored together; when a constraint refuses that,
 //! they are stored one by one, each in its own savepoint, so only the one at
 //! fault is refused. Every other request runs in a savepoint of its own.
+//! Every other request is a typed command (`commands.rs`): the writer runs
+//! it without knowing its type and answers its caller with the command's own
+//! answer type.
 //!
 //! The writer is the only way anything is stored, so its end is watched:
 //! [`WriterState`] says whether it runs, closed on request, or stopped for
@@ -19,14 +22,9 @@
 use super::{
     StoreError,
     checkpoint::Checkpointer,
-    confirm::{self, ConfirmSummary, Settlement},
+    commands::Command,
     ingest::{self, IngestRequest, IngestResult},
-    outbox::{self, AttemptRecord, ReplayChunk, ReplayedChunk, SinkRoute},
-    prune::{self, PruneCutoffs, PruneReport, PruneStep},
-    reconcile::{self, ReconcileSummary, RemoteReport},
-    sessions,
-    submissions::{self, Claim, Submission, SubmissionResult},
-    tokens::{self, TokenKind, Tokens},
+    outbox::SinkRoute,
 };
 use rusqlite::{Connection, ErrorCode, Transaction};
 use std::{panic::AssertUnwindSafe, sync::Arc};
@@ -35,58 +33,77 @@ use tokio::sync::{mpsc, oneshot, watch};
 /// Requests waiting for the writer beyond this make callers wait to queue.
 const QUEUE_DEPTH: usize = 8192;
 
-/// What can be asked of the writer.
-pub(super) enum Step {
-    Ingest(Box<IngestRequest>),
-    Tokens,
-    RotateToken(TokenKind),
-    RecordAttempt(Box<AttemptRecord>),
-    RetryDelivery(i64),
-    Replay(Box<ReplayChunk>),
-    Reconcile(Box<RemoteReport>),
-    Settle(Vec<Settlement>),
-    Prune(Box<PruneCutoffs>),
-    Submit(Box<Submission>),
-    Access {
-        finetune_id: String,
-        public: bool,
-    },
-    ClaimKey {
-        key: String,
-        request_sha256: String,
-    },
-    ReleaseKey(String),
-    StoreAnswer {
-        key: String,
-        response: String,
-    },
-    RecordPrune(Box<PruneReport>),
-    OpenSession(Box<super::sessions::NewSession>),
-    EndSession(String),
+/// What waits on the writer's queue.
+enum Request {
+    /// A webhook: stored with the others of its batch in one plan.
+    Webhook(
+        Box<IngestRequest>,
+        oneshot::Sender<Result<IngestResult, StoreError>>,
+    ),
+    /// Any other write (`commands.rs`), with its caller.
+    Command(Box<dyn Queued>),
     /// Commit what came before, refuse what comes after, checkpoint and
     /// close the database.
     Close,
 }
 
-pub(super) enum Output {
-    Ingest(IngestResult),
-    Tokens(Tokens),
-    /// The new token.
-    Rotated(String),
-    Recorded,
-    /// Whether the delivery went back to pending.
-    Retried(bool),
-    Replayed(ReplayedChunk),
-    Reconciled(ReconcileSummary),
-    Settled(ConfirmSummary),
-    Pruned(PruneStep),
-    Submitted(SubmissionResult),
-    /// Deliveries made; `None`: no such job.
-    AccessRecorded(Option<usize>),
-    Claimed(Claim),
+impl Request {
+    fn caller_gone(&self) -> bool {
+        match self {
+            Request::Webhook(_, reply) => reply.is_closed(),
+            Request::Command(call) => call.caller_gone(),
+            Request::Close => false,
+        }
+    }
 }
 
-type ReplyTo = oneshot::Sender<Result<Output, StoreError>>;
+/// A command and its caller, with the command's type hidden so that one
+/// queue holds every kind; the answer keeps its type from caller to
+/// command and back.
+trait Queued: Send {
+    /// Runs the command, keeping what it answers until the commit.
+    fn run(&mut self, conn: &Connection, routes: &[SinkRoute]) -> rusqlite::Result<()>;
+    /// Keeps `error` as the answer instead.
+    fn fail(&mut self, error: StoreError);
+    /// Answers the caller, once the batch is committed (or not: `commit`
+    /// says why); true when that made deliveries due.
+    fn answer(self: Box<Self>, commit: &Result<(), String>) -> bool;
+    fn caller_gone(&self) -> bool;
+}
+
+struct Call<C: Command> {
+    command: C,
+    outcome: Result<C::Answer, StoreError>,
+    reply: oneshot::Sender<Result<C::Answer, StoreError>>,
+}
+
+impl<C: Command> Queued for Call<C> {
+    fn run(&mut self, conn: &Connection, routes: &[SinkRoute]) -> rusqlite::Result<()> {
+        self.outcome = Ok(self.command.run(conn, routes)?);
+        Ok(())
+    }
+
+    fn fail(&mut self, error: StoreError) {
+        self.outcome = Err(error);
+    }
+
+    fn answer(self: Box<Self>, commit: &Result<(), String>) -> bool {
+        let Call { outcome, reply, .. } = *self;
+        let outcome = match commit {
+            Ok(()) => outcome,
+            Err(cause) => Err(unavailable(cause.clone())),
+        };
+        let wakes = outcome.as_ref().is_ok_and(C::wakes_deliveries);
+        // A caller that went away (its client disconnected) no longer
+        // needs the answer; what it asked for is committed regardless.
+        let _ = reply.send(outcome);
+        wakes
+    }
+
+    fn caller_gone(&self) -> bool {
+        self.reply.is_closed()
+    }
+}
 
 /// Whether the writer runs, and how it ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,21 +118,39 @@ pub enum WriterState {
 
 #[derive(Clone)]
 pub(super) struct WriterHandle {
-    tx: mpsc::Sender<(Step, ReplyTo)>,
+    tx: mpsc::Sender<Request>,
     state: watch::Receiver<WriterState>,
 }
 
 impl WriterHandle {
-    pub async fn call(&self, step: Step) -> Result<Output, StoreError> {
+    /// Runs `command` in the writer's next batch; answers once committed.
+    pub async fn run<C: Command>(&self, command: C) -> Result<C::Answer, StoreError> {
         let (reply, answer) = oneshot::channel();
-        self.tx.send((step, reply)).await.map_err(|_| closed())?;
+        let call = Call {
+            command,
+            outcome: Err(unavailable("the writer did not reach this request".into())),
+            reply,
+        };
+        self.tx
+            .send(Request::Command(Box::new(call)))
+            .await
+            .map_err(|_| closed())?;
+        answer.await.map_err(|_| closed())?
+    }
+
+    /// Stores a webhook in the writer's next batch; answers once committed.
+    pub async fn ingest(&self, request: IngestRequest) -> Result<IngestResult, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(Request::Webhook(Box::new(request), reply))
+            .await
+            .map_err(|_| closed())?;
         answer.await.map_err(|_| closed())?
     }
 
     /// Asks the writer to commit what is queued before this and close.
     pub async fn close(&self) {
-        let (reply, _) = oneshot::channel();
-        let _ = self.tx.send((Step::Close, reply)).await;
+        let _ = self.tx.send(Request::Close).await;
     }
 
     pub fn state(&self) -> watch::Receiver<WriterState> {
@@ -147,11 +182,6 @@ impl WriterTask {
 
 fn closed() -> StoreError {
     StoreError::Unavailable("the database writer has stopped".into())
-}
-
-/// The writer answered with another kind of output than the step asks for.
-pub(super) fn mismatch() -> StoreError {
-    StoreError::Unavailable("the database writer answered another request".into())
 }
 
 struct Writer {
@@ -244,17 +274,13 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 impl Writer {
     /// Commits batches until closed (`Ok`) or the database can no longer
     /// be used (the cause).
-    fn run(
-        mut self,
-        mut rx: mpsc::Receiver<(Step, ReplyTo)>,
-        max_batch: usize,
-    ) -> Result<(), String> {
+    fn run(mut self, mut rx: mpsc::Receiver<Request>, max_batch: usize) -> Result<(), String> {
         let mut batch = Vec::with_capacity(max_batch);
         let mut closing = false;
         while let Some(first) = rx.blocking_recv() {
             let mut next = Some(first);
-            while let Some((step, reply)) = next.take() {
-                if matches!(step, Step::Close) {
+            while let Some(request) = next.take() {
+                if matches!(request, Request::Close) {
                     closing = true;
                     break;
                 }
@@ -262,10 +288,10 @@ impl Writer {
                 // client gave up, or its handler timed out) was answered
                 // nothing, so there is nothing to keep: skip it rather than
                 // hold its body and store it.
-                if reply.is_closed() {
+                if request.caller_gone() {
                     tracing::debug!("skipped a request whose caller went away");
                 } else {
-                    batch.push((step, reply));
+                    batch.push(request);
                 }
                 if batch.len() < max_batch {
                     next = rx.try_recv().ok();
@@ -307,10 +333,10 @@ impl Writer {
     }
 
     /// The test hook (see [`panic_after`]).
-    fn test_hook(&mut self, batch: &[(Step, ReplyTo)]) {
+    fn test_hook(&mut self, batch: &[Request]) {
         let webhooks = batch
             .iter()
-            .filter(|(step, _)| matches!(step, Step::Ingest(_)))
+            .filter(|request| matches!(request, Request::Webhook(..)))
             .count() as u64;
         if let Some(limit) = self.panic_after {
             if webhooks > 0 && self.webhooks_stored >= limit {
@@ -320,51 +346,50 @@ impl Writer {
         self.webhooks_stored += webhooks;
     }
 
-    /// Runs every step of `batch` in one transaction and answers them all
-    /// once it is committed (or all with 503 when it cannot be). Answers
-    /// the cause when the database can no longer be used at all.
-    fn commit_batch(&mut self, batch: &mut Vec<(Step, ReplyTo)>) -> Result<(), String> {
-        let (steps, replies): (Vec<Step>, Vec<ReplyTo>) = batch.drain(..).unzip();
+    /// Runs every request of `batch` in one transaction and answers them
+    /// all once it is committed (or all with 503 when it cannot be).
+    /// Answers the cause when the database can no longer be used at all.
+    fn commit_batch(&mut self, batch: &mut Vec<Request>) -> Result<(), String> {
+        let mut commands = Vec::new();
+        let mut webhooks = Vec::new();
+        let mut replies = Vec::new();
+        for request in batch.drain(..) {
+            match request {
+                Request::Webhook(request, reply) => {
+                    webhooks.push(request);
+                    replies.push(reply);
+                }
+                Request::Command(call) => commands.push(call),
+                Request::Close => {}
+            }
+        }
+        let requests: Vec<&IngestRequest> = webhooks.iter().map(|r| r.as_ref()).collect();
         let routes = Arc::clone(&self.routes);
-        let results = match store_together(&mut self.conn, &steps, &routes) {
-            Ok(outputs) => outputs.into_iter().map(Ok).collect(),
+        let (commit, results) = match store_together(
+            &mut self.conn,
+            &mut commands,
+            &requests,
+            &routes,
+        ) {
+            Ok(results) => (Ok(()), results.into_iter().map(Ok).collect()),
             Err(e) if is_fatal(&e) => {
-                // Dropping the replies answers every caller 503.
+                // Dropping the callers answers every one 503.
                 return Err(format!("the database can no longer be used: {e}"));
             }
             Err(e) => {
-                tracing::warn!(error = %e, steps = steps.len(), "a batch failed as a whole; storing its steps apart");
-                store_apart(&mut self.conn, &steps, &routes)
+                tracing::warn!(error = %e, requests = commands.len() + requests.len(), "a batch failed as a whole; storing its requests apart");
+                store_apart(&mut self.conn, &mut commands, &requests, &routes)
             }
         };
-        let mut outbox_changed = false;
+        let mut deliveries_due = false;
+        for call in commands {
+            deliveries_due |= call.answer(&commit);
+        }
         for (reply, result) in replies.into_iter().zip(results) {
-            outbox_changed |= matches!(
-                &result,
-                Ok(Output::Ingest(IngestResult {
-                    deliveries: 1..,
-                    ..
-                }) | Output::Retried(true)
-                    | Output::Replayed(ReplayedChunk { enqueued: 1.., .. })
-                    | Output::Reconciled(ReconcileSummary {
-                        deliveries: 1..,
-                        ..
-                    })
-                    | Output::Submitted(SubmissionResult {
-                        deliveries: 1..,
-                        ..
-                    })
-                    | Output::AccessRecorded(Some(1..))
-                    | Output::Settled(ConfirmSummary {
-                        deliveries: 1..,
-                        ..
-                    }))
-            );
-            // A caller that went away (its client disconnected) no longer
-            // needs the answer; what it asked for is committed regardless.
+            deliveries_due |= result.as_ref().is_ok_and(|r| r.deliveries > 0);
             let _ = reply.send(result);
         }
-        if outbox_changed {
+        if deliveries_due {
             self.outbox
                 .send_modify(|generation| *generation = generation.wrapping_add(1));
         }
@@ -396,92 +421,68 @@ fn begin(conn: &mut Connection) -> rusqlite::Result<Transaction<'_>> {
     conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
 }
 
-/// The fast path: every step in one transaction without savepoints (the
-/// webhooks together, the others in turn), committed. Any error rolls the
-/// whole batch back, for `store_apart` to redo.
+/// The fast path: every request in one transaction without savepoints
+/// (the commands in turn, then the webhooks together), committed. Any
+/// error rolls the whole batch back, for `store_apart` to redo.
 fn store_together(
     conn: &mut Connection,
-    steps: &[Step],
+    commands: &mut [Box<dyn Queued>],
+    webhooks: &[&IngestRequest],
     routes: &[SinkRoute],
-) -> rusqlite::Result<Vec<Output>> {
+) -> rusqlite::Result<Vec<IngestResult>> {
     let tx = begin(conn)?;
-    let mut outputs: Vec<Option<Output>> = Vec::with_capacity(steps.len());
-    let mut webhooks = Vec::new();
-    for step in steps {
-        match step {
-            Step::Ingest(request) => {
-                webhooks.push((outputs.len(), request.as_ref()));
-                outputs.push(None);
-            }
-            other => outputs.push(Some(run_step(&tx, other, routes)?)),
-        }
+    for command in commands.iter_mut() {
+        command.run(&tx, routes)?;
     }
-    if !webhooks.is_empty() {
-        let requests: Vec<&IngestRequest> = webhooks.iter().map(|(_, r)| *r).collect();
-        let results = ingest::execute_batch(&tx, &requests, routes)?;
-        for ((at, _), result) in webhooks.iter().zip(results) {
-            outputs[*at] = Some(Output::Ingest(result));
-        }
-    }
-    let outputs = outputs
-        .into_iter()
-        .collect::<Option<Vec<Output>>>()
-        .ok_or(rusqlite::Error::QueryReturnedNoRows)?;
+    let results = if webhooks.is_empty() {
+        Vec::new()
+    } else {
+        ingest::execute_batch(&tx, webhooks, routes)?
+    };
     tx.commit()?;
-    Ok(outputs)
+    Ok(results)
 }
 
-/// The careful path: each step in a savepoint of its own (the webhooks
-/// together first, then one by one if that fails), so only the steps at
-/// fault fail; then one commit, or 503 for all when that fails.
+/// The careful path: each command in a savepoint of its own, then the
+/// webhooks together (one by one if a constraint refuses them), so only
+/// the requests at fault fail; then one commit, whose outcome every
+/// answer follows.
 fn store_apart(
     conn: &mut Connection,
-    steps: &[Step],
+    commands: &mut [Box<dyn Queued>],
+    webhooks: &[&IngestRequest],
     routes: &[SinkRoute],
-) -> Vec<Result<Output, StoreError>> {
+) -> (Result<(), String>, Vec<Result<IngestResult, StoreError>>) {
     let mut tx = match begin(conn) {
         Ok(tx) => tx,
         Err(e) => {
             tracing::error!(error = %e, "cannot begin a write transaction; answering 503");
-            return steps
+            let cause = e.to_string();
+            let failed = webhooks
                 .iter()
-                .map(|_| Err(unavailable(e.to_string())))
+                .map(|_| Err(unavailable(cause.clone())))
                 .collect();
+            return (Err(cause), failed);
         }
     };
-    let mut results: Vec<Option<Result<Output, StoreError>>> = Vec::with_capacity(steps.len());
-    let mut webhooks = Vec::new();
-    for step in steps {
-        match step {
-            Step::Ingest(request) => {
-                webhooks.push((results.len(), request.as_ref()));
-                results.push(None);
-            }
-            other => {
-                let result = in_savepoint(&mut tx, Work::Single(other), routes);
-                results.push(Some(result.map_err(StoreError::from).and_then(one)));
-            }
+    for command in commands.iter_mut() {
+        if let Err(failure) = in_savepoint(&mut tx, |conn| command.run(conn, routes)) {
+            command.fail(failure.into());
         }
     }
-    let requests: Vec<&IngestRequest> = webhooks.iter().map(|(_, r)| *r).collect();
-    for ((at, _), result) in webhooks
-        .iter()
-        .zip(store_webhooks(&mut tx, &requests, routes))
-    {
-        results[*at] = Some(result);
+    let results = store_webhooks(&mut tx, webhooks, routes);
+    match tx.commit() {
+        Ok(()) => (Ok(()), results),
+        Err(e) => {
+            tracing::error!(error = %e, requests = commands.len() + webhooks.len(), "commit failed; answering 503");
+            let cause = e.to_string();
+            let failed = webhooks
+                .iter()
+                .map(|_| Err(unavailable(cause.clone())))
+                .collect();
+            (Err(cause), failed)
+        }
     }
-    let committed = tx.commit();
-    if let Err(e) = &committed {
-        tracing::error!(error = %e, requests = steps.len(), "commit failed; answering 503");
-    }
-    results
-        .into_iter()
-        .map(|result| match (&committed, result) {
-            (Ok(()), Some(result)) => result,
-            (Ok(()), None) => Err(mismatch()),
-            (Err(e), _) => Err(unavailable(e.to_string())),
-        })
-        .collect()
 }
 
 /// Stores a batch of webhooks together, or one by one when a constraint
@@ -490,27 +491,21 @@ fn store_webhooks(
     tx: &mut Transaction<'_>,
     requests: &[&IngestRequest],
     routes: &[SinkRoute],
-) -> Vec<Result<Output, StoreError>> {
+) -> Vec<Result<IngestResult, StoreError>> {
     if requests.is_empty() {
         return Vec::new();
     }
-    match in_savepoint(tx, Work::Webhooks(requests), routes) {
-        Ok(Done::Webhooks(results)) => results.into_iter().map(|r| Ok(Output::Ingest(r))).collect(),
-        Ok(Done::Single(_)) => requests.iter().map(|_| Err(mismatch())).collect(),
+    match in_savepoint(tx, |conn| ingest::execute_batch(conn, requests, routes)) {
+        Ok(results) => results.into_iter().map(Ok).collect(),
         Err(Failure::Refused(e)) => {
             tracing::warn!(error = %e, "the schema refused a batch; storing its requests one by one");
-            let mut results = Vec::with_capacity(requests.len());
-            for request in requests {
-                let one = [*request];
-                results.push(match in_savepoint(tx, Work::Webhooks(&one), routes) {
-                    Ok(Done::Webhooks(mut stored)) if stored.len() == 1 => {
-                        Ok(Output::Ingest(stored.remove(0)))
-                    }
-                    Ok(_) => Err(mismatch()),
-                    Err(e) => Err(e.into()),
-                });
-            }
-            results
+            requests
+                .iter()
+                .map(|request| {
+                    in_savepoint(tx, |conn| ingest::execute_one(conn, request, routes))
+                        .map_err(StoreError::from)
+                })
+                .collect()
         }
         Err(e) => {
             let e: StoreError = e.into();
@@ -522,14 +517,7 @@ fn store_webhooks(
     }
 }
 
-fn one(done: Done) -> Result<Output, StoreError> {
-    match done {
-        Done::Single(output) => Ok(output),
-        Done::Webhooks(_) => Err(mismatch()),
-    }
-}
-
-/// Why a step did not complete.
+/// Why a write did not complete.
 enum Failure {
     /// A constraint refused the write: the request itself is at fault.
     Refused(rusqlite::Error),
@@ -548,23 +536,11 @@ impl From<Failure> for StoreError {
     }
 }
 
-/// What runs in one savepoint.
-enum Work<'a> {
-    Webhooks(&'a [&'a IngestRequest]),
-    Single(&'a Step),
-}
-
-enum Done {
-    Webhooks(Vec<IngestResult>),
-    Single(Output),
-}
-
 /// Runs `work` in a savepoint of `tx`, rolled back alone when it fails.
-fn in_savepoint(
+fn in_savepoint<T>(
     tx: &mut Transaction<'_>,
-    work: Work<'_>,
-    routes: &[SinkRoute],
-) -> Result<Done, Failure> {
+    work: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+) -> Result<T, Failure> {
     // Some failures (an I/O error, a full disk) make SQLite roll the whole
     // transaction back. A savepoint begun then would be a transaction of its
     // own, committed on release: refuse instead, so nothing is stored that
@@ -576,13 +552,7 @@ fn in_savepoint(
         )));
     }
     let savepoint = tx.savepoint().map_err(Failure::Unavailable)?;
-    let result = match work {
-        Work::Webhooks(requests) => {
-            ingest::execute_batch(&savepoint, requests, routes).map(Done::Webhooks)
-        }
-        Work::Single(step) => run_step(&savepoint, step, routes).map(Done::Single),
-    };
-    match result {
+    match work(&savepoint) {
         Ok(done) => {
             savepoint.commit().map_err(Failure::Unavailable)?;
             Ok(done)
@@ -593,67 +563,6 @@ fn in_savepoint(
             _ => Failure::Unavailable(e),
         }),
     }
-}
-
-fn run_step(conn: &Connection, step: &Step, routes: &[SinkRoute]) -> rusqlite::Result<Output> {
-    Ok(match step {
-        Step::Ingest(request) => {
-            let mut results = ingest::execute_batch(conn, &[request.as_ref()], routes)?;
-            match results.pop() {
-                Some(result) => Output::Ingest(result),
-                None => return Err(rusqlite::Error::QueryReturnedNoRows),
-            }
-        }
-        Step::Tokens => Output::Tokens(tokens::load_or_generate(conn)?),
-        Step::RotateToken(kind) => Output::Rotated(tokens::rotate(conn, *kind)?),
-        Step::RecordAttempt(record) => {
-            outbox::record_attempt(conn, record)?;
-            Output::Recorded
-        }
-        Step::RetryDelivery(id) => Output::Retried(outbox::retry(conn, *id)?),
-        Step::Replay(chunk) => Output::Replayed(outbox::replay_chunk(conn, chunk, routes)?),
-        Step::Reconcile(report) => Output::Reconciled(reconcile::apply(conn, report, routes)?),
-        Step::Settle(settlements) => Output::Settled(confirm::settle(conn, settlements, routes)?),
-        Step::Prune(cutoffs) => Output::Pruned(prune::step(conn, cutoffs)?),
-        Step::Submit(submission) => {
-            Output::Submitted(submissions::record(conn, submission, routes)?)
-        }
-        Step::Access {
-            finetune_id,
-            public,
-        } => Output::AccessRecorded(submissions::record_access(
-            conn,
-            finetune_id,
-            *public,
-            routes,
-        )?),
-        Step::ClaimKey {
-            key,
-            request_sha256,
-        } => Output::Claimed(submissions::claim(conn, key, request_sha256)?),
-        Step::ReleaseKey(key) => {
-            submissions::release(conn, key)?;
-            Output::Recorded
-        }
-        Step::StoreAnswer { key, response } => {
-            submissions::store_answer(conn, key, response)?;
-            Output::Recorded
-        }
-        Step::RecordPrune(report) => {
-            prune::record(conn, report)?;
-            Output::Recorded
-        }
-        Step::OpenSession(session) => {
-            sessions::open(conn, session)?;
-            Output::Recorded
-        }
-        Step::EndSession(id) => {
-            sessions::end(conn, id)?;
-            Output::Recorded
-        }
-        // The run loop takes it before any batch is formed.
-        Step::Close => return Err(rusqlite::Error::InvalidQuery),
-    })
 }
 
 fn unavailable(message: String) -> StoreError {
