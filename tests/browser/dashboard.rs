@@ -477,3 +477,58 @@ async fn the_jobs_page_fits_a_phone_screen_without_scrolling_sideways() {
         "at 375 px the document is {width} px wide; wider than the screen: {wide}"
     );
 }
+
+#[tokio::test]
+async fn every_page_works_under_its_content_security_policy_without_a_console_error() {
+    let Some(browser) = Browser::start().await else {
+        return;
+    };
+    let sink = FakeSink::answering(|_, _| FAIL).await;
+    let app = spawn_app_with(|s| {
+        s.delivery.retry_schedule = vec![Duration::from_millis(20)];
+        s.sinks = vec![http_sink("archive", &sink.url())];
+    })
+    .await;
+    for step in ["QUEUED", "TRAINING", "FAILED"] {
+        webhook(
+            &app,
+            json!({"event": step, "finetune_id": "ft-csp", "name": "watercolor"}),
+        )
+        .await;
+    }
+    app.wait_for("/v1/deliveries?status=dead", "a dead delivery", |b| {
+        b["deliveries"].as_array().is_some_and(|d| !d.is_empty())
+    })
+    .await;
+    // The browser asks for a favicon the dashboard need not have.
+    let errors = async || -> Vec<String> {
+        let mut errors = browser.console_errors().await;
+        errors.retain(|e| !e.contains("favicon.ico"));
+        errors
+    };
+
+    browser.goto(&app.url("/signin")).await;
+    browser.wait_for("#signin-form", "the sign-in page").await;
+    assert_eq!(errors().await, Vec::<String>::new(), "on /signin");
+    browser.submit_token(&app.api_token).await;
+    let pages = [
+        ("/", "table#jobs", true),
+        ("/jobs/ft-csp", "ol#timeline", true),
+        ("/deliveries", "table#deliveries", false),
+        ("/sinks", "table#sinks", false),
+    ];
+    for (path, hook, live) in pages {
+        browser.goto(&app.url(path)).await;
+        browser.wait_for(hook, &format!("{path}'s content")).await;
+        if live {
+            // Its script ran: the live stream opened under the policy.
+            browser
+                .wait_until(
+                    "document.body.dataset.liveState === 'open'",
+                    &format!("{path}'s live stream to open"),
+                )
+                .await;
+        }
+        assert_eq!(errors().await, Vec::<String>::new(), "on {path}");
+    }
+}

@@ -15,7 +15,10 @@
 //! unless `TUNEHOOK_TEST_BROWSER=required` (as in CI), when it fails.
 
 use crate::helpers::TestApp;
-use fantoccini::{Client, ClientBuilder, Locator, elements::Element};
+use axum::http::Method;
+use fantoccini::{
+    Client, ClientBuilder, Locator, elements::Element, wd::WebDriverCompatibleCommand,
+};
 use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::{Value, json};
 use std::{
@@ -288,6 +291,23 @@ impl Browser {
         );
     }
 
+    /// The console's errors since the last call: scripts that threw,
+    /// resources that failed, and everything the Content Security Policy
+    /// refused.
+    pub async fn console_errors(&self) -> Vec<String> {
+        let log = self
+            .client
+            .issue_cmd(ConsoleLog)
+            .await
+            .unwrap_or_else(|e| panic!("the browser's console log could not be read: {e}"));
+        log.as_array()
+            .into_iter()
+            .flatten()
+            .filter(|entry| entry["level"] == "SEVERE")
+            .map(|entry| entry["message"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    }
+
     /// Saves a PNG of the viewport to `path`.
     pub async fn screenshot(&self, path: &Path) {
         let png = self
@@ -297,6 +317,24 @@ impl Browser {
             .unwrap_or_else(|e| panic!("the browser could not take a screenshot: {e}"));
         std::fs::write(path, png)
             .unwrap_or_else(|e| panic!("writing {} failed: {e}", path.display()));
+    }
+}
+
+/// chromedriver's command for the browser's console log since last asked.
+#[derive(Debug)]
+struct ConsoleLog;
+
+impl WebDriverCompatibleCommand for ConsoleLog {
+    fn endpoint(
+        &self,
+        base: &url::Url,
+        session: Option<&str>,
+    ) -> Result<url::Url, url::ParseError> {
+        base.join(&format!("session/{}/se/log", session.unwrap_or_default()))
+    }
+
+    fn method_and_body(&self, _: &url::Url) -> (Method, Option<String>) {
+        (Method::POST, Some(json!({"type": "browser"}).to_string()))
     }
 }
 
@@ -442,6 +480,8 @@ impl Chromedriver {
             // Bound every page load and script; no implicit waits, the
             // helpers poll.
             "timeouts": {"pageLoad": WAIT.as_millis(), "script": WAIT.as_millis(), "implicit": 0},
+            // Console messages, CSP violations among them, can be read back.
+            "goog:loggingPrefs": {"browser": "ALL"},
             // An alert stays open, so that a test can see one was raised.
             "unhandledPromptBehavior": "ignore",
         });

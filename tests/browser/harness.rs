@@ -32,3 +32,28 @@ async fn the_browser_can_be_made_phone_sized() {
         .await;
     assert_eq!(width, 375, "the viewport after resizing");
 }
+
+#[tokio::test]
+async fn the_browser_reports_what_a_content_security_policy_refused() {
+    let Some(browser) = Browser::start().await else {
+        return;
+    };
+    let page = "data:text/html,<meta http-equiv='Content-Security-Policy' content=\"default-src 'self'\"><script>document.title='ran'</script>";
+
+    browser.goto(page).await;
+
+    let errors = browser.console_errors().await;
+    assert!(
+        errors.iter().any(|e| e.contains("Content Security Policy")),
+        "the console log: {errors:?}"
+    );
+    assert_eq!(
+        browser.js("return document.title;").await,
+        "",
+        "the inline script ran"
+    );
+    assert!(
+        browser.console_errors().await.is_empty(),
+        "each error is reported once"
+    );
+}
