@@ -236,7 +236,7 @@ impl Browser {
     pub async fn sign_in(&self, app: &TestApp) {
         self.goto(&app.url("/signin")).await;
         self.submit_token(&app.api_token).await;
-        self.wait_for("table#jobs", "the jobs table after signing in")
+        self.wait_for("form#job-filter", "the jobs page after signing in")
             .await;
     }
 
