@@ -455,52 +455,82 @@ async fn signing_out_ends_the_session_so_its_cookie_no_longer_opens_a_page() {
 }
 
 #[tokio::test]
-async fn the_jobs_page_fits_a_phone_screen_without_scrolling_sideways() {
+async fn every_page_fits_a_phone_screen_without_scrolling_sideways() {
     let Some(browser) = Browser::start().await else {
         return;
     };
-    let app = spawn_app().await;
-    for (i, (status, name)) in [
+    let sink = FakeSink::answering(|_, _| FAIL).await;
+    let app = spawn_app_with(|s| {
+        s.delivery.retry_schedule = vec![Duration::from_millis(20)];
+        s.sinks = vec![http_sink("archive", &sink.url())];
+    })
+    .await;
+    // Long words are what push a narrow page wide.
+    let long_id = "3f6c2a9e-8d41-4b7a-9c55-0e1d2f3a4b50";
+    for (id, name, steps) in [
         (
-            "TRAINING",
+            long_id,
             "portrait-style-with-a-rather-long-descriptive-name",
+            &["QUEUED", "TRAINING", "FAILED"][..],
         ),
-        ("AVAILABLE", "headshots"),
-        ("FAILED", "product-photos-v3"),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        webhook(
-            &app,
-            json!({
-                "event": status,
-                "finetune_id": format!("3f6c2a9e-8d41-4b7a-9c55-0e1d2f3a4b5{i}"),
-                "name": name,
-                "base_model": "stabilityai/stable-diffusion-xl-base-1.0",
-            }),
-        )
-        .await;
+        ("ft-short", "headshots", &["QUEUED", "AVAILABLE"][..]),
+    ] {
+        for step in steps {
+            webhook(
+                &app,
+                json!({
+                    "event": step,
+                    "finetune_id": id,
+                    "name": name,
+                    "base_model": "stabilityai/stable-diffusion-xl-base-1.0",
+                }),
+            )
+            .await;
+        }
     }
-    browser.sign_in(&app).await;
-
+    app.wait_for("/v1/deliveries?status=dead", "a dead delivery", |b| {
+        b["deliveries"].as_array().is_some_and(|d| !d.is_empty())
+    })
+    .await;
+    browser.goto(&app.url("/signin")).await;
     browser.set_viewport_width(375).await;
-    browser.goto(&app.url("/")).await;
+    let pages = [
+        ("/signin", "#signin-form"),
+        ("/", "tr.job"),
+        (
+            &format!("/jobs/{long_id}") as &str,
+            "#timeline li.transition",
+        ),
+        ("/deliveries", "tr.delivery[data-status='dead']"),
+        ("/sinks", "tr.sink"),
+    ];
 
-    browser.wait_for("tr.job", "the jobs at phone width").await;
-    let width = browser
-        .js("return document.documentElement.scrollWidth;")
-        .await;
-    let wide = browser
-        .js("return [...document.querySelectorAll('body *')]\
-               .filter(e => e.getBoundingClientRect().right > window.innerWidth + 0.5)\
-               .slice(0, 8)\
-               .map(e => e.tagName.toLowerCase() + (e.id ? '#' + e.id : '') + (e.className && typeof e.className === 'string' ? '.' + e.className.trim().split(/\\s+/).join('.') : ''));")
-        .await;
-    assert!(
-        width.as_u64().is_some_and(|w| w <= 375),
-        "at 375 px the document is {width} px wide; wider than the screen: {wide}"
-    );
+    for (path, hook) in pages {
+        if path != "/signin" && browser.find_all("button#signout").await.is_empty() {
+            browser.submit_token(&app.api_token).await;
+            browser.wait_for("button#signout", "signed in").await;
+        }
+        browser.goto(&app.url(path)).await;
+        browser
+            .wait_for(hook, &format!("{path} at phone width"))
+            .await;
+
+        let widths = browser
+            .js("const d = document.documentElement; return [d.scrollWidth, d.clientWidth];")
+            .await;
+        let (scroll, client) = (widths[0].as_u64(), widths[1].as_u64());
+        let wide = browser
+            .js("return [...document.querySelectorAll('body *')]\
+                   .filter(e => e.getBoundingClientRect().right > document.documentElement.clientWidth + 0.5)\
+                   .slice(0, 8)\
+                   .map(e => e.tagName.toLowerCase() + (e.id ? '#' + e.id : '') + (typeof e.className === 'string' && e.className ? '.' + e.className.trim().split(/\\s+/).join('.') : ''));")
+            .await;
+        assert!(
+            scroll.is_some_and(|w| w <= 375) && scroll <= client,
+            "at 375 px {path} is {scroll:?} px wide in a {client:?} px window, so it scrolls \
+             sideways; reaching past the edge (those inside a scrolling box are fine): {wide}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -556,4 +586,44 @@ async fn every_page_works_under_its_content_security_policy_without_a_console_er
         }
         assert_eq!(errors().await, Vec::<String>::new(), "on {path}");
     }
+}
+
+#[tokio::test]
+async fn a_job_page_left_open_shows_each_new_step_without_a_reload() {
+    let Some(browser) = Browser::start().await else {
+        return;
+    };
+    let app = spawn_app().await;
+    webhook(
+        &app,
+        json!({"event": "QUEUED", "finetune_id": "ft-open", "name": "open-page"}),
+    )
+    .await;
+    browser.sign_in(&app).await;
+    browser.goto(&app.url("/jobs/ft-open")).await;
+    browser
+        .wait_until(
+            "document.body.dataset.liveState === 'open'",
+            "the job page's live stream to open",
+        )
+        .await;
+    browser.js("window.__noReload = 1; return null;").await;
+
+    webhook(&app, json!({"event": "TRAINING", "finetune_id": "ft-open"})).await;
+
+    browser
+        .wait_for(
+            "#timeline li.transition[data-status='TRAINING']",
+            "the new step on the open job page",
+        )
+        .await;
+    let shown = browser
+        .js("return [...document.querySelectorAll('#timeline li.transition')].map(li => li.dataset.status);")
+        .await;
+    assert_eq!(shown, json!(["QUEUED", "TRAINING"]));
+    assert_eq!(
+        browser.js("return window.__noReload === 1;").await,
+        true,
+        "the job page was reloaded, not updated in place"
+    );
 }
