@@ -214,7 +214,7 @@ async fn a_webhook_that_arrives_while_the_jobs_page_is_open_appears_on_it_withou
 }
 
 #[tokio::test]
-async fn a_jobs_page_shows_its_timeline_oldest_first() {
+async fn a_job_page_shows_its_timeline_oldest_first() {
     let Some(browser) = Browser::start().await else {
         return;
     };
