@@ -4,6 +4,10 @@
 //! they make (a status change, or an update of fields users act on), and one
 //! delivery per sink that takes each event. Webhooks and reconcile passes
 //! both go through here, so a status seen on both paths is recorded once.
+//!
+//! The planner itself does no I/O: it starts from the jobs a backend loaded
+//! and ends in a [`Plan`] of rows for the backend to write, so what a batch
+//! writes is decided here once, whatever the database.
 
 use super::{
     events::{self, NewEvent},
@@ -13,6 +17,26 @@ use super::{
 use crate::domain::{Decision, Effect, Job, Observation, event, event::EventType, observe};
 use rusqlite::Connection;
 use std::collections::{BTreeSet, HashMap};
+
+/// The rows a batch of observations writes.
+pub(super) struct Plan {
+    /// The jobs that changed, as they are now.
+    pub jobs: Vec<Job>,
+    pub transitions: Vec<NewTransition>,
+    pub events: Vec<NewEvent>,
+    pub deliveries: Vec<NewDelivery>,
+}
+
+impl Plan {
+    /// Writes the plan on the writer's connection (deliveries due `now`).
+    pub fn write(&self, conn: &Connection, now: &str) -> rusqlite::Result<()> {
+        let changed: Vec<&Job> = self.jobs.iter().collect();
+        jobs::upsert(conn, &changed)?;
+        jobs::insert_transitions(conn, &self.transitions)?;
+        events::insert(conn, &self.events)?;
+        outbox::insert_deliveries(conn, &self.deliveries, now)
+    }
+}
 
 pub(super) struct Planner<'r> {
     known: HashMap<String, Option<Job>>,
@@ -35,20 +59,25 @@ pub(super) struct Planned {
 }
 
 impl<'r> Planner<'r> {
-    /// Loads the jobs with these ids.
-    pub fn load(
-        conn: &Connection,
-        ids: &BTreeSet<&str>,
-        routes: &'r [SinkRoute],
-    ) -> rusqlite::Result<Planner<'r>> {
-        Ok(Planner {
-            known: jobs::load(conn, ids)?,
+    /// A planner over these jobs as loaded (`None`: no such job yet).
+    pub fn new(known: HashMap<String, Option<Job>>, routes: &'r [SinkRoute]) -> Planner<'r> {
+        Planner {
+            known,
             changed: BTreeSet::new(),
             transitions: Vec::new(),
             events: Vec::new(),
             deliveries: Vec::new(),
             routes,
-        })
+        }
+    }
+
+    /// Loads the jobs with these ids from the writer's connection.
+    pub fn load(
+        conn: &Connection,
+        ids: &BTreeSet<&str>,
+        routes: &'r [SinkRoute],
+    ) -> rusqlite::Result<Planner<'r>> {
+        Ok(Planner::new(jobs::load(conn, ids)?, routes))
     }
 
     pub fn job(&self, finetune_id: &str) -> Option<&Job> {
@@ -139,17 +168,24 @@ impl<'r> Planner<'r> {
         planned
     }
 
-    /// Writes the changed jobs, the transitions, their events and the
-    /// deliveries (due `now`).
-    pub fn write(self, conn: &Connection, now: &str) -> rusqlite::Result<()> {
-        let changed: Vec<&Job> = self
+    /// What to write: the changed jobs, the transitions, their events and
+    /// their deliveries.
+    pub fn finish(mut self) -> Plan {
+        let jobs = self
             .changed
             .iter()
-            .filter_map(|id| self.known.get(id).and_then(Option::as_ref))
+            .filter_map(|id| self.known.remove(id).flatten())
             .collect();
-        jobs::upsert(conn, &changed)?;
-        jobs::insert_transitions(conn, &self.transitions)?;
-        events::insert(conn, &self.events)?;
-        outbox::insert_deliveries(conn, &self.deliveries, now)
+        Plan {
+            jobs,
+            transitions: self.transitions,
+            events: self.events,
+            deliveries: self.deliveries,
+        }
+    }
+
+    /// Writes what [`Planner::finish`] gives (deliveries due `now`).
+    pub fn write(self, conn: &Connection, now: &str) -> rusqlite::Result<()> {
+        self.finish().write(conn, now)
     }
 }
