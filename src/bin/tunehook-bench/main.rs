@@ -8,13 +8,16 @@
 //!   cargo run --release --bin tunehook-bench -- reconcile [--jobs 10000]
 //!   cargo run --release --bin tunehook-bench -- startup  [--receipts 1000000]
 //!   cargo run --release --bin tunehook-bench -- metrics  [--deliveries 1000000] [--events 10000] [--scrapers 4]
+//!   cargo run --release --bin tunehook-bench -- dashboard [--jobs 10000]
 //!
 //! `ingest` compares tunehook with a bare handler (the ceiling); `delivery`
 //! drains an outbox into a sink answering 204 and into one failing every
 //! other request; `reconcile` times passes over a fake Segmind list;
 //! `startup` times exec to `/readyz` 200; `metrics` times scrapes on a
-//! database with a million deliveries, and deliveries while scrapers run. BENCHMARKS.md has the figures.
+//! database with a million deliveries, and deliveries while scrapers run;
+//! `dashboard` times the dashboard's pages over many jobs. BENCHMARKS.md has the figures.
 
+mod dashboard;
 mod delivery;
 mod harness;
 mod ingest;
@@ -90,6 +93,7 @@ fn main() -> anyhow::Result<()> {
         "delivery" => runtime.block_on(delivery::run(&args)),
         "reconcile" => runtime.block_on(reconcile::run(&args)),
         "startup" => runtime.block_on(startup::run(&args)),
+        "dashboard" => runtime.block_on(dashboard::run(&args)),
         "metrics" => {
             let mut args = args;
             if !args.events_given {
@@ -99,7 +103,7 @@ fn main() -> anyhow::Result<()> {
         }
         other => {
             anyhow::bail!(
-                "unknown benchmark `{other}`: ingest, delivery, reconcile, startup or metrics"
+                "unknown benchmark `{other}`: ingest, delivery, reconcile, startup, metrics or dashboard"
             )
         }
     }
