@@ -251,7 +251,8 @@ async fn reconcile(settings: Settings) -> anyhow::Result<()> {
         .finished()
         .await
         .map_err(|cause| anyhow::anyhow!("the database writer failed: {cause}"))?;
-    let report = result?;
+    // Shown as `POST /v1/reconcile` answers it.
+    let report = crate::http::views::PassReport::from(result?);
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
 }

@@ -57,8 +57,9 @@ pub struct ReconcileState {
     pub transitions_recorded: usize,
 }
 
-/// What one pass did.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+/// What one pass did (`http::views::PassReport` is how the API and
+/// `tunehook reconcile` show it).
+#[derive(Debug, Clone)]
 pub struct PassReport {
     pub started_at: String,
     pub finished_at: String,
@@ -67,7 +68,6 @@ pub struct PassReport {
     pub details_failed: usize,
     /// Listed entries without a job id or a usable status.
     pub skipped: usize,
-    #[serde(flatten)]
     pub applied: ReconcileSummary,
 }
 

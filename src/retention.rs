@@ -13,36 +13,8 @@ use crate::{
     store::{PruneCounts, PruneCutoffs, PruneReport, Store, StoreError},
     time::{now_rfc3339, rfc3339},
 };
-use serde::Serialize;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-
-/// What `/v1/status` shows of retention.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct RetentionState {
-    /// How long each kind is kept: a duration such as `90d`, or `forever`.
-    pub receipts: String,
-    pub attempts: String,
-    pub delivered: String,
-    pub interval_seconds: u64,
-    /// When the last prune (by the service or `tunehook prune`) finished.
-    pub last_prune_at: Option<String>,
-    /// What it removed.
-    pub last_prune_removed: Option<PruneCounts>,
-}
-
-impl RetentionState {
-    pub fn new(settings: &RetentionSettings, last: Option<PruneReport>) -> RetentionState {
-        RetentionState {
-            receipts: settings.receipts.to_string(),
-            attempts: settings.attempts.to_string(),
-            delivered: settings.delivered.to_string(),
-            interval_seconds: settings.interval.as_secs(),
-            last_prune_at: last.as_ref().map(|r| r.finished_at.clone()),
-            last_prune_removed: last.map(|r| r.removed),
-        }
-    }
-}
 
 /// The cutoffs for a prune now: each kind's retention, or `older_than`
 /// for every kind when given.

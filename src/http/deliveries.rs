@@ -5,8 +5,9 @@ use super::{
     AppState,
     error::{ApiError, ErrorBody},
     params::{self, ApiPath, ApiQuery},
+    views::{Attempt, Delivery},
 };
-use crate::store::{AttemptRow, DeliveryFilter, DeliveryRow};
+use crate::store::DeliveryFilter;
 use axum::{Json, extract::State};
 use serde::{Deserialize, Serialize};
 
@@ -43,15 +44,15 @@ pub struct ListParams {
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct DeliveryList {
-    deliveries: Vec<DeliveryRow>,
+    deliveries: Vec<Delivery>,
     next_cursor: Option<String>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct DeliveryDetail {
     #[serde(flatten)]
-    delivery: DeliveryRow,
-    attempt_log: Vec<AttemptRow>,
+    delivery: Delivery,
+    attempt_log: Vec<Attempt>,
 }
 
 /// Deliveries, newest first.
@@ -79,7 +80,7 @@ pub async fn list(
     };
     let (deliveries, next) = state.store.deliveries(&filter).await?;
     Ok(Json(DeliveryList {
-        deliveries,
+        deliveries: deliveries.into_iter().map(Delivery::from).collect(),
         next_cursor: next.map(|id| id.to_string()),
     }))
 }
@@ -99,19 +100,19 @@ pub async fn get(
         .ok_or_else(|| ApiError::NotFound(format!("no delivery with id {id}")))?;
     let attempt_log = state.store.attempts(id).await?;
     Ok(Json(DeliveryDetail {
-        delivery,
-        attempt_log,
+        delivery: delivery.into(),
+        attempt_log: attempt_log.into_iter().map(Attempt::from).collect(),
     }))
 }
 
 /// Puts a dead or delivered delivery back to pending, due now.
 #[utoipa::path(post, path = "/v1/deliveries/{id}/retry", tag = "deliveries", params(("id" = i64, Path, description = "The delivery's id")),
-    security(("bearer" = [])), responses((status = 200, description = "The delivery, pending again", body = DeliveryRow), (status = 400, description = "A bad parameter", body = ErrorBody), (status = 401, description = "Missing or wrong bearer token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody),
+    security(("bearer" = [])), responses((status = 200, description = "The delivery, pending again", body = Delivery), (status = 400, description = "A bad parameter", body = ErrorBody), (status = 401, description = "Missing or wrong bearer token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody),
         (status = 409, description = "The delivery is already pending", body = ErrorBody), (status = 503, description = "The database cannot take the write; retry", body = ErrorBody)))]
 pub async fn retry(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
-) -> Result<Json<DeliveryRow>, ApiError> {
+) -> Result<Json<Delivery>, ApiError> {
     let id = delivery_id(&id)?;
     let Some(current) = state.store.delivery(id).await? else {
         return Err(ApiError::NotFound(format!("no delivery with id {id}")));
@@ -127,7 +128,7 @@ pub async fn retry(
         .delivery(id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no delivery with id {id}")))?;
-    Ok(Json(delivery))
+    Ok(Json(delivery.into()))
 }
 
 fn delivery_id(raw: &str) -> Result<i64, ApiError> {

@@ -5,8 +5,9 @@ use super::{
     error::ApiError,
     error::ErrorBody,
     params::{self, ApiPath, ApiQuery},
+    views::{Drift, EventDelivery, Job, Transition, Update},
 };
-use crate::store::{JobFilter, JobRow, TransitionDelivery, TransitionRow, UpdateRow};
+use crate::store::{JobFilter, TransitionDelivery};
 use axum::{
     Json,
     extract::State,
@@ -40,7 +41,7 @@ pub struct JobList<T> {
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct JobDetail {
     #[serde(flatten)]
-    job: JobRow,
+    job: Job,
     /// The last status Segmind's API reported (`NOT_FOUND` once its details
     /// have answered 404 for `reconcile.forget_after`), and when.
     segmind_status: Option<String>,
@@ -56,22 +57,22 @@ pub struct JobDetail {
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct UpdateDetail {
     #[serde(flatten)]
-    update: UpdateRow,
+    update: Update,
     /// This update's delivery to each sink.
-    deliveries: Vec<TransitionDelivery>,
+    deliveries: Vec<EventDelivery>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TransitionDetail {
     #[serde(flatten)]
-    transition: TransitionRow,
+    transition: Transition,
     /// This transition's delivery to each sink.
-    deliveries: Vec<TransitionDelivery>,
+    deliveries: Vec<EventDelivery>,
 }
 
 /// Jobs, most recently updated first.
 #[utoipa::path(get, path = "/v1/jobs", tag = "jobs", params(ListParams), security(("bearer" = [])),
-    responses((status = 200, description = "A page of jobs (with `drift=true`, each also has `segmind_status`, `webhook_status` and `segmind_seen_at`)", body = JobList<JobRow>), (status = 400, description = "A bad parameter or body", body = ErrorBody), (status = 401, description = "Missing or wrong bearer token", body = ErrorBody)))]
+    responses((status = 200, description = "A page of jobs (with `drift=true`, each also has `segmind_status`, `webhook_status` and `segmind_seen_at`)", body = JobList<Job>), (status = 400, description = "A bad parameter or body", body = ErrorBody), (status = 401, description = "Missing or wrong bearer token", body = ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<ListParams>,
@@ -90,7 +91,7 @@ pub async fn list(
         Some("true") => {
             let jobs = state.store.drifting_jobs(limit).await?;
             return Ok(Json(JobList {
-                jobs,
+                jobs: jobs.into_iter().map(Drift::from).collect(),
                 next_cursor: None,
             })
             .into_response());
@@ -109,7 +110,7 @@ pub async fn list(
     };
     let page = state.store.jobs(&filter).await?;
     Ok(Json(JobList {
-        jobs: page.jobs,
+        jobs: page.jobs.into_iter().map(Job::from).collect(),
         next_cursor: page
             .next
             .map(|(at, id)| params::encode_job_cursor(&at, &id)),
@@ -137,10 +138,11 @@ pub(super) async fn detail(state: &AppState, finetune_id: &str) -> Result<JobDet
     let (segmind_status, webhook_status, segmind_seen_at) =
         state.store.job_sources(&finetune_id).await?;
     let mut deliveries = state.store.job_deliveries(&finetune_id).await?;
-    let mut take = |event_id: &str| -> Vec<TransitionDelivery> {
-        let (mine, rest) = deliveries.drain(..).partition(|d| d.event_id == event_id);
+    let mut take = |event_id: &str| -> Vec<EventDelivery> {
+        let (mine, rest): (Vec<TransitionDelivery>, _) =
+            deliveries.drain(..).partition(|d| d.event_id == event_id);
         deliveries = rest;
-        mine
+        mine.into_iter().map(EventDelivery::from).collect()
     };
     let transitions = state
         .store
@@ -149,7 +151,7 @@ pub(super) async fn detail(state: &AppState, finetune_id: &str) -> Result<JobDet
         .into_iter()
         .map(|transition| TransitionDetail {
             deliveries: take(&transition.id),
-            transition,
+            transition: transition.into(),
         })
         .collect();
     let updates = state
@@ -159,11 +161,11 @@ pub(super) async fn detail(state: &AppState, finetune_id: &str) -> Result<JobDet
         .into_iter()
         .map(|update| UpdateDetail {
             deliveries: take(&update.id),
-            update,
+            update: update.into(),
         })
         .collect();
     Ok(JobDetail {
-        job,
+        job: job.into(),
         segmind_status,
         segmind_seen_at,
         webhook_status,

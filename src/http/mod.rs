@@ -14,6 +14,8 @@
 //! - `GET /metrics`: `metrics`
 //! - `GET /openapi.json`: `openapi`
 //!
+//! What the `/v1` answers carry are the types of `views`, not the store's rows.
+//!
 //! The dashboard's pages (`/`, `/signin`, …) are in `src/ui/`.
 
 pub mod auth;
@@ -32,6 +34,7 @@ pub mod serve;
 pub mod sinks;
 pub mod status;
 pub mod tokens;
+pub mod views;
 pub mod webhooks;
 
 use crate::{

@@ -36,7 +36,7 @@ use utoipa::{
         super::metrics::metrics,
         document,
     ),
-    components(schemas(crate::store::DriftRow)),
+    components(schemas(super::views::Drift)),
     modifiers(&BearerToken)
 )]
 pub struct ApiDoc;

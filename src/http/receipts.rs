@@ -18,7 +18,7 @@ use serde_json::Value;
 pub struct ListParams {
     /// Only receipts with this outcome: applied, duplicate, stale, unrecognized, invalid,
     /// confirming, contradicted or dropped.
-    #[param(value_type = Option<Outcome>)]
+    #[param(value_type = Option<super::views::Outcome>)]
     outcome: Option<String>,
     /// 1 to 500; 50 when absent.
     #[param(value_type = Option<u32>, minimum = 1, maximum = 500)]

@@ -5,8 +5,9 @@ use super::{
     error::{ApiError, ErrorBody},
     json::ApiJson,
     params::ApiPath,
+    views::{Replayed, SinkHealth},
 };
-use crate::store::{ReplayRequest, Replayed, SinkHealth};
+use crate::store::ReplayRequest;
 use axum::{Json, extract::State};
 use serde::{Deserialize, Serialize};
 
@@ -39,7 +40,10 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<SinkList>, ApiEr
             statuses: s
                 .status_filter()
                 .map(|list| list.iter().map(|st| st.as_str().to_owned()).collect()),
-            health: health.remove(&s.name).unwrap_or_default(),
+            health: health
+                .remove(&s.name)
+                .map(SinkHealth::from)
+                .unwrap_or_default(),
         })
         .collect();
     Ok(Json(SinkList { sinks }))
@@ -103,5 +107,5 @@ pub async fn replay(
             limit: u32::try_from(limit).unwrap_or(u32::MAX),
         })
         .await?;
-    Ok(Json(replayed))
+    Ok(Json(replayed.into()))
 }

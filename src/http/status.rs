@@ -4,11 +4,9 @@
 use super::{
     AppState,
     error::{ApiError, ErrorBody},
+    views::{PassReport, RetentionState},
 };
-use crate::{
-    reconcile::{PassError, PassReport, ReconcileState},
-    retention::RetentionState,
-};
+use crate::reconcile::{PassError, ReconcileState};
 use axum::{Json, extract::State};
 use serde::Serialize;
 
@@ -70,7 +68,7 @@ pub async fn reconcile(State(state): State<AppState>) -> Result<Json<PassReport>
         .reconciler
         .run_pass()
         .await
-        .map(Json)
+        .map(|report| Json(report.into()))
         .map_err(|e| match e {
             PassError::Disabled => ApiError::Conflict(e.to_string()),
             PassError::Store(e) => e.into(),

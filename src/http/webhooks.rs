@@ -5,10 +5,10 @@
 //! same transaction as the job change it causes, before it is answered: a
 //! 2xx means it is on disk; when the database cannot take it, 503.
 
-use super::{AppState, error::ApiError};
+use super::{AppState, error::ApiError, views};
 use crate::{
     domain::Payload,
-    store::{IngestRequest, Outcome},
+    store::{IngestRequest, IngestResult, Outcome},
     telemetry::metrics,
     time::now_rfc3339,
 };
@@ -35,7 +35,7 @@ const KEPT_HEADERS: [&str; 6] = [
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ReceiptResponse {
     pub receipt_id: i64,
-    pub outcome: Outcome,
+    pub outcome: views::Outcome,
     pub finetune_id: Option<String>,
     pub status: Option<String>,
 }
@@ -71,7 +71,7 @@ pub async fn receive(
         Err(_) => "unavailable",
     };
     metrics::webhook(outcome, started.elapsed());
-    answer.map(Json)
+    answer.map(|result| Json(ReceiptResponse::from(result)))
 }
 
 async fn store(
@@ -79,7 +79,7 @@ async fn store(
     token: &str,
     headers: &HeaderMap,
     body: Body,
-) -> Result<ReceiptResponse, ApiError> {
+) -> Result<IngestResult, ApiError> {
     if !state.credentials.ingest.matches(token) {
         state.credentials.ingest_failures.failed();
         return Err(ApiError::Unauthorized);
@@ -125,12 +125,18 @@ async fn store(
             format!("{reason} (stored as receipt {})", result.receipt_id),
         ));
     }
-    Ok(ReceiptResponse {
-        receipt_id: result.receipt_id,
-        outcome: result.outcome,
-        finetune_id: result.finetune_id,
-        status: result.status,
-    })
+    Ok(result)
+}
+
+impl From<IngestResult> for ReceiptResponse {
+    fn from(result: IngestResult) -> ReceiptResponse {
+        ReceiptResponse {
+            receipt_id: result.receipt_id,
+            outcome: result.outcome.into(),
+            finetune_id: result.finetune_id,
+            status: result.status,
+        }
+    }
 }
 
 /// Reads the whole body, refusing more than `limit` bytes (early when the

@@ -8,7 +8,6 @@
 use super::{confirm, outbox::SinkRoute, plan::Planner};
 use crate::domain::{Decision, Job, Observation, Payload, Source};
 use rusqlite::{Connection, params};
-use serde::Serialize;
 use std::collections::BTreeSet;
 
 /// A webhook request as received, ready to store.
@@ -27,8 +26,7 @@ pub struct IngestRequest {
 }
 
 /// What storing a webhook did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     /// The job moved to a new status.
     Applied,

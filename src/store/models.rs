@@ -1,9 +1,8 @@
-//! Rows as the API shows them. Timestamps are stored and returned as
-//! RFC 3339 UTC text.
+//! Rows as the store reads them. Timestamps are stored as RFC 3339 UTC
+//! text. What the API shows of them is `http::views`; the dashboard
+//! renders them as they are.
 
-use serde::Serialize;
-
-#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct JobRow {
     pub finetune_id: String,
     pub name: Option<String>,
@@ -26,9 +25,8 @@ pub struct JobRow {
 }
 
 /// A job whose last known Segmind status differs from what webhooks said.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct DriftRow {
-    #[serde(flatten)]
     #[sqlx(flatten)]
     pub job: JobRow,
     pub segmind_status: Option<String>,
@@ -36,7 +34,7 @@ pub struct DriftRow {
     pub segmind_seen_at: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct TransitionRow {
     pub id: String,
     pub from_status: Option<String>,
@@ -48,7 +46,7 @@ pub struct TransitionRow {
 
 /// A `finetune.updated` event of a job: fields that changed without a
 /// status change.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone)]
 pub struct UpdateRow {
     pub id: String,
     /// The job's status when the fields changed.

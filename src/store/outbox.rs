@@ -12,7 +12,6 @@
 use super::{Store, StoreError};
 use crate::domain::{Status, event::EventType};
 use rusqlite::{Connection, OptionalExtension, params};
-use serde::Serialize;
 use sqlx::{QueryBuilder, Sqlite};
 use std::collections::BTreeMap;
 
@@ -185,7 +184,7 @@ pub struct ReplayRequest {
 }
 
 /// What a replay did, and where the next page starts.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Replayed {
     /// Deliveries created.
     pub enqueued: u64,
@@ -310,7 +309,7 @@ pub struct DueDelivery {
     pub from_status: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct DeliveryRow {
     pub id: i64,
     pub sink: String,
@@ -324,7 +323,7 @@ pub struct DeliveryRow {
     pub delivered_at: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct AttemptRow {
     pub started_at: String,
     pub duration_ms: i64,
@@ -345,7 +344,7 @@ pub struct DeliveryFilter {
 }
 
 /// A sink's health as the outbox shows it.
-#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Default)]
 pub struct SinkHealth {
     pub pending: i64,
     pub dead: i64,
@@ -354,9 +353,8 @@ pub struct SinkHealth {
 }
 
 /// One delivery of a transition, as shown on the job.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct TransitionDelivery {
-    #[serde(skip)]
     pub event_id: String,
     pub id: i64,
     pub sink: String,

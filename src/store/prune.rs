@@ -23,7 +23,7 @@ pub const PRUNE_ROWS: i64 = 500;
 pub const PRUNE_BYTES: i64 = 8 * 1024 * 1024;
 
 /// The times before which each kind of history goes; `None` keeps it.
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq, utoipa::ToSchema)]
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct PruneCutoffs {
     pub receipts: Option<String>,
     pub attempts: Option<String>,
@@ -31,7 +31,7 @@ pub struct PruneCutoffs {
 }
 
 /// How many rows of each kind were (or would be) removed.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct PruneCounts {
     pub receipts: u64,
     pub attempts: u64,
@@ -53,8 +53,10 @@ pub struct PruneStep {
     pub more: bool,
 }
 
-/// A whole prune, as `/v1/status` shows the last one.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
+/// A whole prune. The last one's is kept as JSON in `settings` (this
+/// type's serde is that stored format); `/v1/status` shows it through
+/// `http::views::RetentionState`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct PruneReport {
     pub started_at: String,
     pub finished_at: String,

@@ -11,7 +11,6 @@ use crate::{
     time::now_rfc3339,
 };
 use rusqlite::{Connection, OptionalExtension};
-use serde::Serialize;
 use std::collections::BTreeSet;
 
 /// One job as Segmind's API described it.
@@ -41,7 +40,7 @@ const LONGEST_MISS_WAIT: i64 = 6 * 3600;
 pub const NOT_FOUND: &str = "NOT_FOUND";
 
 /// What applying a pass's observations did.
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq, utoipa::ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReconcileSummary {
     pub jobs_seen: usize,
     pub jobs_created: usize,
@@ -50,8 +49,6 @@ pub struct ReconcileSummary {
     /// Ids forgotten by this pass after 404s for `reconcile.forget_after`.
     pub forgotten: usize,
     /// The status of each transition recorded.
-    #[serde(skip)]
-    #[schema(ignore)]
     pub applied: Vec<String>,
 }
 
