@@ -45,6 +45,18 @@ fn bare_client() -> reqwest::Client {
         .expect("an HTTP client")
 }
 
+/// A tunehook whose one sink, `archive`, refuses everything: each event's
+/// delivery goes dead after one retry.
+async fn app_with_a_failing_sink() -> (TestApp, FakeSink) {
+    let sink = FakeSink::answering(|_, _| FAIL).await;
+    let app = spawn_app_with(|s| {
+        s.delivery.retry_schedule = vec![Duration::from_millis(20)];
+        s.sinks = vec![http_sink("archive", &sink.url())];
+    })
+    .await;
+    (app, sink)
+}
+
 #[tokio::test]
 async fn a_wrong_token_is_refused_with_a_message_and_the_right_one_signs_in() {
     let Some(browser) = Browser::start().await else {
@@ -89,12 +101,7 @@ async fn a_page_asked_for_without_a_session_sends_you_to_sign_in_and_then_back_t
     let Some(browser) = Browser::start().await else {
         return;
     };
-    let sink = FakeSink::answering(|_, _| FAIL).await;
-    let app = spawn_app_with(|s| {
-        s.delivery.retry_schedule = vec![Duration::from_millis(20)];
-        s.sinks = vec![http_sink("archive", &sink.url())];
-    })
-    .await;
+    let (app, _sink) = app_with_a_failing_sink().await;
     webhook(&app, json!({"event": "FAILED", "finetune_id": "ft-asked"})).await;
     app.wait_for("/v1/deliveries?status=dead", "a dead delivery", |b| {
         b["deliveries"].as_array().is_some_and(|d| d.len() == 1)
@@ -459,12 +466,7 @@ async fn every_page_fits_a_phone_screen_without_scrolling_sideways() {
     let Some(browser) = Browser::start().await else {
         return;
     };
-    let sink = FakeSink::answering(|_, _| FAIL).await;
-    let app = spawn_app_with(|s| {
-        s.delivery.retry_schedule = vec![Duration::from_millis(20)];
-        s.sinks = vec![http_sink("archive", &sink.url())];
-    })
-    .await;
+    let (app, _sink) = app_with_a_failing_sink().await;
     // Long words are what push a narrow page wide.
     let long_id = "3f6c2a9e-8d41-4b7a-9c55-0e1d2f3a4b50";
     for (id, name, steps) in [
@@ -538,12 +540,7 @@ async fn every_page_works_under_its_content_security_policy_without_a_console_er
     let Some(browser) = Browser::start().await else {
         return;
     };
-    let sink = FakeSink::answering(|_, _| FAIL).await;
-    let app = spawn_app_with(|s| {
-        s.delivery.retry_schedule = vec![Duration::from_millis(20)];
-        s.sinks = vec![http_sink("archive", &sink.url())];
-    })
-    .await;
+    let (app, _sink) = app_with_a_failing_sink().await;
     for step in ["QUEUED", "TRAINING", "FAILED"] {
         webhook(
             &app,
