@@ -75,14 +75,20 @@ pub fn seconds_between(from: &str, to: &str) -> i64 {
     }
 }
 
-/// A duration as people read it: `45s`, `12m 5s`, `3h 20m`, `2d 4h`.
+/// A duration as people read it: `45s`, `12m 5s`, `3h 20m`, `2d 4h`; a
+/// zero second part is left out (`12m`, `1h`).
 pub fn duration(seconds: i64) -> String {
     let s = seconds.max(0);
-    match s {
-        0..60 => format!("{s}s"),
-        60..3600 => format!("{}m {}s", s / 60, s % 60),
-        3600..86_400 => format!("{}h {}m", s / 3600, s % 3600 / 60),
-        _ => format!("{}d {}h", s / 86_400, s % 86_400 / 3600),
+    let (big, unit, small, small_unit) = match s {
+        0..60 => return format!("{s}s"),
+        60..3600 => (s / 60, "m", s % 60, "s"),
+        3600..86_400 => (s / 3600, "h", s % 3600 / 60, "m"),
+        _ => (s / 86_400, "d", s % 86_400 / 3600, "h"),
+    };
+    if small == 0 {
+        format!("{big}{unit}")
+    } else {
+        format!("{big}{unit} {small}{small_unit}")
     }
 }
 
@@ -154,6 +160,8 @@ mod tests {
         assert_eq!(duration(725), "12m 5s");
         assert_eq!(duration(3 * 3600 + 20 * 60 + 7), "3h 20m");
         assert_eq!(duration(2 * 86_400 + 4 * 3600), "2d 4h");
+        assert_eq!(duration(12 * 60), "12m");
+        assert_eq!(duration(3600 + 59), "1h");
     }
 
     #[test]

@@ -33,7 +33,10 @@ async fn of_every_page() {
         ];
     })
     .await;
-    let jobs: [(&str, &str, &[&str]); 4] = [
+    // Each step, and how many minutes ago it happened: the webhooks arrive
+    // within a second, so their times are moved back afterwards for the
+    // pictures to show what a real history looks like.
+    let jobs: [(&str, &str, &[&str], &[i64]); 4] = [
         (
             "9b1f3c2e-5d7a-4e8b-a1c0-2f4e6d8b0a13",
             "studio-headshots",
@@ -44,24 +47,28 @@ async fn of_every_page() {
                 "DEPLOYING",
                 "AVAILABLE",
             ],
+            &[190, 178, 62, 55, 49],
         ),
         (
             "4c8e2a6f-1b3d-4f5a-9e7c-0d2b4f6a8c21",
             "product-shots-v2",
             &["QUEUED", "TRAINING"],
+            &[40, 31],
         ),
         (
             "7d0a4e8c-2f6b-4a1d-8c3e-5b7f9a1c3e42",
             "watercolor-style",
             &["QUEUED", "TRAINING", "FAILED"],
+            &[300, 290, 120],
         ),
         (
             "1e5b9d3f-7a2c-4e6b-b0d8-3f5a7c9e1b64",
             "pet-portraits",
             &["QUEUED", "TRAINING", "TRAINING_COMPLETED"],
+            &[95, 84, 3],
         ),
     ];
-    for (id, name, steps) in jobs {
+    for (id, name, steps, _) in jobs {
         for step in steps {
             webhook(
                 &app,
@@ -81,6 +88,7 @@ async fn of_every_page() {
         |b| b["deliveries"].as_array().is_some_and(|d| d.len() >= 3),
     )
     .await;
+    backdate(&app.dir.path().join("tunehook.db"), &jobs);
     let shot = |name: &str| dir.join(name);
 
     browser.goto(&app.url("/signin")).await;
@@ -110,4 +118,34 @@ async fn of_every_page() {
     browser.screenshot(&shot("sinks.png")).await;
 
     eprintln!("screenshots saved in {}", dir.display());
+}
+
+/// Moves each job's steps back to the given minutes ago (the job's first
+/// sighting with its first step, its last change with its last), straight
+/// in the database: only the pictures need it.
+fn backdate(db: &std::path::Path, jobs: &[(&str, &str, &[&str], &[i64])]) {
+    let conn = rusqlite::Connection::open(db).expect("the test database opens");
+    conn.busy_timeout(Duration::from_secs(5))
+        .expect("a busy timeout");
+    let now = chrono::Utc::now();
+    let at = |minutes: i64| tunehook::time::rfc3339(now - chrono::Duration::minutes(minutes));
+    for (id, _, steps, minutes) in jobs {
+        for (step, ago) in steps.iter().zip(minutes.iter()) {
+            let when = at(*ago);
+            for sql in [
+                "UPDATE transitions SET observed_at = ?1 WHERE finetune_id = ?2 AND to_status = ?3",
+                "UPDATE events SET observed_at = ?1 WHERE finetune_id = ?2 AND status = ?3",
+                "UPDATE receipts SET received_at = ?1 WHERE finetune_id = ?2 AND status = ?3",
+            ] {
+                conn.execute(sql, (&when, id, step))
+                    .expect("a step is moved back");
+            }
+        }
+        let (first, last) = (at(minutes[0]), at(minutes[minutes.len() - 1]));
+        conn.execute(
+            "UPDATE jobs SET first_seen_at = ?1, updated_at = ?2 WHERE finetune_id = ?3",
+            (&first, &last, id),
+        )
+        .expect("the job's times are moved back");
+    }
 }
