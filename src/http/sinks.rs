@@ -30,7 +30,8 @@ pub struct SinkList {
 #[utoipa::path(get, path = "/v1/sinks", tag = "sinks", security(("bearer" = [])),
     responses((status = 200, description = "The sinks", body = SinkList), (status = 401, description = "Missing or wrong bearer token", body = ErrorBody)))]
 pub async fn list(State(state): State<AppState>) -> Result<Json<SinkList>, ApiError> {
-    let mut health = state.store.sink_health().await?;
+    let names: Vec<&str> = state.sinks.iter().map(|s| s.name.as_str()).collect();
+    let mut health = state.store.sink_health(&names).await?;
     let sinks = state
         .sinks
         .iter()

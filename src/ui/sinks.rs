@@ -10,8 +10,9 @@ use maud::html;
 const DRIFT_SHOWN: u32 = 50;
 
 pub async fn page(State(state): State<AppState>) -> Response {
+    let sink_names: Vec<&str> = state.sinks.iter().map(|s| s.name.as_str()).collect();
     let (mut health, drift) = match tokio::try_join!(
-        state.store.sink_health(),
+        state.store.sink_health(&sink_names),
         state.store.drifting_jobs(DRIFT_SHOWN)
     ) {
         Ok(found) => found,
