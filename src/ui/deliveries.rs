@@ -3,17 +3,15 @@
 //! "Replay since…" form. `POST /deliveries/{id}/retry` and
 //! `POST /sinks/{name}/replay` do what the API's routes of the same names do.
 
-use super::layout::{self, Nav};
+use super::{
+    input::{PageForm, PagePath, PageQuery},
+    layout::{self, Nav},
+};
 use crate::{
     http::AppState,
     store::{DeadFirstCursor, DeliveryFilter, DeliveryRow, ReplayRequest},
 };
-use axum::{
-    Form,
-    extract::{Path, Query, State},
-    http::StatusCode,
-    response::Response,
-};
+use axum::{extract::State, http::StatusCode, response::Response};
 use maud::{Markup, html};
 use serde::Deserialize;
 
@@ -34,7 +32,10 @@ pub struct DeliveriesQuery {
     replayed: Option<u64>,
 }
 
-pub async fn page(State(state): State<AppState>, Query(query): Query<DeliveriesQuery>) -> Response {
+pub async fn page(
+    State(state): State<AppState>,
+    PageQuery(query): PageQuery<DeliveriesQuery>,
+) -> Response {
     let nonempty = |v: &Option<String>| v.clone().filter(|v| !v.trim().is_empty());
     let sink = nonempty(&query.sink);
     let status = nonempty(&query.status);
@@ -216,8 +217,8 @@ pub struct RetryForm {
 /// `POST /deliveries/{id}/retry`.
 pub async fn retry(
     State(state): State<AppState>,
-    Path(id): Path<String>,
-    Form(form): Form<RetryForm>,
+    PagePath(id): PagePath<String>,
+    PageForm(form): PageForm<RetryForm>,
 ) -> Response {
     let Ok(id) = id.parse::<i64>() else {
         return super::problem(
@@ -265,8 +266,8 @@ pub struct ReplayForm {
 /// it (read as UTC) or as RFC 3339.
 pub async fn replay(
     State(state): State<AppState>,
-    Path(name): Path<String>,
-    Form(form): Form<ReplayForm>,
+    PagePath(name): PagePath<String>,
+    PageForm(form): PageForm<ReplayForm>,
 ) -> Response {
     if !state.sinks.iter().any(|s| s.name == name) {
         return super::problem(

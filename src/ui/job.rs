@@ -3,16 +3,15 @@
 //! receipts behind the transitions, and every sink's delivery of each event
 //! with its attempts.
 
-use super::layout::{self, Nav};
+use super::{
+    input::PagePath,
+    layout::{self, Nav},
+};
 use crate::{
     http::AppState,
     store::{JobAttempt, JobRow, ReceiptRow, TransitionDelivery, TransitionRow},
 };
-use axum::{
-    extract::{Path, State},
-    http::StatusCode,
-    response::Response,
-};
+use axum::{extract::State, http::StatusCode, response::Response};
 use maud::{Markup, html};
 
 /// How much of a receipt's body the page shows.
@@ -26,7 +25,10 @@ struct Span<'a> {
     current: bool,
 }
 
-pub async fn page(State(state): State<AppState>, Path(finetune_id): Path<String>) -> Response {
+pub async fn page(
+    State(state): State<AppState>,
+    PagePath(finetune_id): PagePath<String>,
+) -> Response {
     let store = &state.store;
     let found = tokio::try_join!(
         store.job(&finetune_id),

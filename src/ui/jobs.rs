@@ -1,17 +1,16 @@
 //! `GET /`: counts per status, then the jobs, most recently updated first,
 //! with a filter by status and a search by id or name.
 
-use super::layout::{self, Nav};
+use super::{
+    input::PageQuery,
+    layout::{self, Nav},
+};
 use crate::{
     domain::status::KNOWN_STATUSES,
     http::{AppState, params},
     store::{JobSearch, JobSummary},
 };
-use axum::{
-    extract::{Query, State},
-    http::StatusCode,
-    response::Response,
-};
+use axum::{extract::State, http::StatusCode, response::Response};
 use maud::{Markup, html};
 use serde::Deserialize;
 
@@ -25,7 +24,10 @@ pub struct JobsQuery {
     cursor: Option<String>,
 }
 
-pub async fn page(State(state): State<AppState>, Query(query): Query<JobsQuery>) -> Response {
+pub async fn page(
+    State(state): State<AppState>,
+    PageQuery(query): PageQuery<JobsQuery>,
+) -> Response {
     let status = query.status.as_deref().filter(|s| !s.is_empty());
     let status = match params::status(status) {
         Ok(status) => status.map(|s| s.as_str().to_owned()),

@@ -16,6 +16,7 @@
 
 mod assets;
 mod deliveries;
+mod input;
 mod job;
 mod jobs;
 mod layout;

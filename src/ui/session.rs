@@ -7,14 +7,16 @@
 //! is stored, with an expiry of `ui.session_ttl`. `http/auth.rs` decides
 //! whether a cookie still counts.
 
-use super::layout::{self, Nav};
+use super::{
+    input::{PageForm, PageQuery},
+    layout::{self, Nav},
+};
 use crate::http::{
     AppState,
     auth::{self, SESSION_COOKIE},
 };
 use axum::{
-    Form,
-    extract::{Query, Request, State},
+    extract::{Request, State},
     http::{HeaderMap, HeaderValue, Method, StatusCode, header},
     middleware::Next,
     response::Response,
@@ -110,7 +112,7 @@ pub struct SignInForm {
 }
 
 /// `GET /signin`.
-pub async fn sign_in_page(Query(query): Query<SignInQuery>) -> Response {
+pub async fn sign_in_page(PageQuery(query): PageQuery<SignInQuery>) -> Response {
     super::html(StatusCode::OK, form(query.next.as_deref(), None))
 }
 
@@ -118,7 +120,7 @@ pub async fn sign_in_page(Query(query): Query<SignInQuery>) -> Response {
 pub async fn sign_in(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Form(form_data): Form<SignInForm>,
+    PageForm(form_data): PageForm<SignInForm>,
 ) -> Response {
     let next = layout::local_path(form_data.next.as_deref()).unwrap_or("/");
     let token = form_data.token.trim();

@@ -1373,3 +1373,40 @@ async fn a_return_path_with_a_tab_cannot_leave_the_site() {
         "a retry sent the browser to {location}"
     );
 }
+
+#[tokio::test]
+async fn a_query_or_form_that_cannot_be_read_gets_a_page_saying_so_and_changes_nothing() {
+    let (app, fake, id) = app_with_a_dead_delivery().await;
+    let cookie = sign_in(&app).await;
+
+    let page = get(&app, "/deliveries?retried=abc", Some(&cookie)).await;
+    assert_eq!(page.status, StatusCode::BAD_REQUEST, "{}", page.html);
+    assert_guarded(&page, "a query that cannot be read");
+    assert!(
+        page.text("p.error")
+            .is_some_and(|t| t.contains("could not be read")),
+        "the page says what is wrong: {}",
+        page.html
+    );
+
+    let before = fake.received().len();
+    let page = post_form(
+        &app,
+        "/sinks/broken/replay",
+        Some(&cookie),
+        Some(&origin(&app)),
+        &[],
+        &[("finetune_id", "ft-dead")],
+    )
+    .await;
+    assert_eq!(page.status, StatusCode::BAD_REQUEST, "{}", page.html);
+    assert_guarded(&page, "a form without its time");
+    let (_, deliveries) = app.get("/v1/deliveries?sink=broken").await;
+    assert_eq!(
+        deliveries["deliveries"].as_array().map(Vec::len),
+        Some(1),
+        "nothing was replayed: {deliveries}"
+    );
+    assert_eq!(delivery(&app, id).await["status"], "dead");
+    assert_eq!(fake.received().len(), before, "the sink got nothing new");
+}
