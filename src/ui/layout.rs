@@ -26,6 +26,7 @@ pub fn page(title: &str, nav: Nav, live: Option<&str>, body: Markup) -> Markup {
                 script src=(super::assets::JS_PATH) defer {}
             }
             body data-live=[live] {
+                a.skip href="#main" { "Skip to the page" }
                 header.top {
                     a.brand href="/" { "tunehook" }
                     @if nav != Nav::None {

@@ -624,3 +624,74 @@ async fn a_job_page_left_open_shows_each_new_step_without_a_reload() {
         "the job page was reloaded, not updated in place"
     );
 }
+
+/// WebDriver's keys: Tab and Enter.
+const TAB: &str = "\u{E004}";
+const ENTER: &str = "\u{E007}";
+
+/// The focused element's id, else its class, else its tag.
+async fn focused(browser: &Browser) -> Value {
+    browser
+        .js("const e = document.activeElement; return e.id || e.className || e.tagName")
+        .await
+}
+
+/// Types `keys` into whatever has the focus.
+async fn press(browser: &Browser, keys: &str) {
+    browser
+        .client
+        .active_element()
+        .await
+        .expect("an element has the focus")
+        .send_keys(keys)
+        .await
+        .expect("the keys are sent");
+}
+
+#[tokio::test]
+async fn the_dashboard_can_be_used_with_the_keyboard_alone() {
+    let Some(browser) = Browser::start().await else {
+        return;
+    };
+    let app = spawn_app().await;
+    webhook(
+        &app,
+        json!({"event": "TRAINING_INITIATED", "finetune_id": "ft-keys", "name": "keyboard-job"}),
+    )
+    .await;
+
+    browser.goto(&app.url("/signin")).await;
+    browser.wait_for("#signin-form", "the sign-in page").await;
+    assert_eq!(
+        focused(&browser).await,
+        "token",
+        "the token field has the focus"
+    );
+    press(&browser, &format!("{}{ENTER}", app.api_token)).await;
+    browser.wait_for("form#job-filter", "the jobs page").await;
+
+    press(&browser, TAB).await;
+    assert_eq!(
+        focused(&browser).await,
+        "skip",
+        "the first Tab reaches the link that skips to the page"
+    );
+    let mut tabs = 0;
+    while browser
+        .js("return document.activeElement.closest('td.id') !== null")
+        .await
+        != Value::Bool(true)
+    {
+        tabs += 1;
+        assert!(tabs <= 40, "Tab never reached the job's link");
+        press(&browser, TAB).await;
+    }
+    press(&browser, ENTER).await;
+    browser
+        .wait_for(
+            "#timeline li.transition",
+            "the job's page, opened with Enter",
+        )
+        .await;
+    assert!(browser.location().await.ends_with("/jobs/ft-keys"));
+}
