@@ -53,6 +53,13 @@ impl Modify for BearerToken {
     }
 }
 
+/// A text field the rules take: at least one character that is not white
+/// space as `str::trim` counts it (Unicode's White_Space set), written out
+/// so that every regex dialect reads it alike (`\s` is a different set in
+/// ECMA-262, which JSON Schema names, and in Python).
+const NOT_BLANK: &str =
+    "[^\\t-\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028-\\u2029\\u202f\\u205f\\u3000]";
+
 /// The body of `POST /v1/finetunes`, declared as exactly what
 /// `domain::finetune_request` accepts (its rules live there, as code; this
 /// says the same in JSON Schema, and a test checks the two agree on
@@ -60,8 +67,8 @@ impl Modify for BearerToken {
 /// upper-case ones Segmind documents.
 fn submit_schema() -> serde_json::Value {
     use crate::domain::finetune_request::{FINETUNE_TYPES, PRIORITIES, THEMES};
-    let text = serde_json::json!({"type": "string", "pattern": "\\S"});
-    let optional_text = serde_json::json!({"type": ["string", "null"], "pattern": "\\S"});
+    let text = serde_json::json!({"type": "string", "pattern": NOT_BLANK});
+    let optional_text = serde_json::json!({"type": ["string", "null"], "pattern": NOT_BLANK});
     let one_of = |allowed: &[&str]| {
         let mut values: Vec<serde_json::Value> = allowed.iter().map(|v| (*v).into()).collect();
         values.push(serde_json::Value::Null);
@@ -129,6 +136,45 @@ mod tests {
             .and_then(|ps| ps.iter().find(|p| p["name"] == name))
             .cloned()
             .unwrap_or_else(|| panic!("{path} has no parameter {name}"))
+    }
+
+    /// The white space `NOT_BLANK` leaves out, as ranges.
+    const WHITE_SPACE: [(char, char); 10] = [
+        ('\t', '\r'),
+        (' ', ' '),
+        ('\u{85}', '\u{85}'),
+        ('\u{a0}', '\u{a0}'),
+        ('\u{1680}', '\u{1680}'),
+        ('\u{2000}', '\u{200a}'),
+        ('\u{2028}', '\u{2029}'),
+        ('\u{202f}', '\u{202f}'),
+        ('\u{205f}', '\u{205f}'),
+        ('\u{3000}', '\u{3000}'),
+    ];
+
+    #[test]
+    fn a_text_fields_pattern_leaves_out_exactly_what_trim_removes() {
+        let listed = |c: char| WHITE_SPACE.iter().any(|(a, b)| (*a..=*b).contains(&c));
+        for c in (0..=0x10FFFF).filter_map(char::from_u32) {
+            assert_eq!(listed(c), c.is_whitespace(), "U+{:04X}", c as u32);
+        }
+        let written: String = WHITE_SPACE
+            .iter()
+            .map(|&(a, b)| {
+                let at = |c: char| match c {
+                    '\t' => "\\t".to_owned(),
+                    '\r' => "\\r".to_owned(),
+                    ' ' => " ".to_owned(),
+                    c => format!("\\u{:04x}", c as u32),
+                };
+                if a == b {
+                    at(a)
+                } else {
+                    format!("{}-{}", at(a), at(b))
+                }
+            })
+            .collect();
+        assert_eq!(super::NOT_BLANK, format!("[^{written}]"));
     }
 
     #[test]
