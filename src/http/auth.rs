@@ -259,6 +259,25 @@ pub async fn open_session(state: &AppState, headers: &HeaderMap) -> Option<Strin
     }
 }
 
+/// Marks a `/v1` request let in by a dashboard session (not the bearer
+/// token), with the session's stored digest: an event stream it opens ends
+/// when the session does.
+#[derive(Debug, Clone)]
+pub struct SessionAuth {
+    pub id_sha256: String,
+}
+
+/// True while the session with this digest is open and was opened with
+/// the API token in use (false when the database cannot say).
+pub async fn session_still_open(state: &AppState, id_sha256: &str) -> bool {
+    let token = digest_hex(state.credentials.api.current().expose());
+    let now = crate::time::now_rfc3339();
+    matches!(
+        state.store.session_valid(id_sha256, &token, &now).await,
+        Ok(true)
+    )
+}
+
 /// Middleware for `/v1`: requires `Authorization: Bearer <api token>`, or
 /// for `GET` a dashboard session.
 pub async fn require_api_token(
@@ -270,8 +289,12 @@ pub async fn require_api_token(
         return Ok(next.run(request).await);
     }
     let reads = matches!(*request.method(), Method::GET | Method::HEAD);
-    if reads && open_session(&state, request.headers()).await.is_some() {
-        return Ok(next.run(request).await);
+    if reads {
+        if let Some(id_sha256) = open_session(&state, request.headers()).await {
+            let mut request = request;
+            request.extensions_mut().insert(SessionAuth { id_sha256 });
+            return Ok(next.run(request).await);
+        }
     }
     state.credentials.api_failures.failed();
     Err(ApiError::Unauthorized)

@@ -7,11 +7,19 @@
 //! so a reconnect misses nothing. Streams are bounded in number
 //! (`server.max_streams`), are not cut by the request timeout (the answer
 //! itself is immediate), keep proxies awake with a comment every 15 s, and
-//! end at shutdown.
+//! end at shutdown. A stream a dashboard session opened ends, too, within
+//! a few seconds of that session's end.
 
-use super::{AppState, error::ApiError, error::ErrorBody, params::ApiPath};
+use super::{
+    AppState,
+    auth::{self, SessionAuth},
+    error::ApiError,
+    error::ErrorBody,
+    params::ApiPath,
+};
 use crate::store::{FeedEvent, Store};
 use axum::{
+    Extension,
     extract::State,
     http::HeaderMap,
     response::sse::{Event, KeepAlive, KeepAliveStream, Sse},
@@ -23,6 +31,9 @@ use tokio_util::sync::CancellationToken;
 
 /// The comment that keeps a quiet stream open through proxies.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
+/// How often a stream opened by a dashboard session checks that the
+/// session is still open.
+const SESSION_CHECK: Duration = Duration::from_secs(2);
 /// Events read from the database at a time when catching up.
 const CATCH_UP: u32 = 200;
 
@@ -36,9 +47,10 @@ type EventStream = Sse<KeepAliveStream<ReceiverStream<Result<Event, Infallible>>
         (status = 503, description = "Too many streams open (`server.max_streams`)", body = ErrorBody)))]
 pub async fn all(
     State(state): State<AppState>,
+    session: Option<Extension<SessionAuth>>,
     headers: HeaderMap,
 ) -> Result<EventStream, ApiError> {
-    open(&state, None, &headers).await
+    open(&state, None, &headers, session.map(|Extension(s)| s)).await
 }
 
 /// One job's events as they are committed.
@@ -53,6 +65,7 @@ pub async fn all(
 pub async fn job(
     State(state): State<AppState>,
     ApiPath(finetune_id): ApiPath<String>,
+    session: Option<Extension<SessionAuth>>,
     headers: HeaderMap,
 ) -> Result<EventStream, ApiError> {
     if state.store.job(&finetune_id).await?.is_none() {
@@ -60,13 +73,20 @@ pub async fn job(
             "no job with finetune_id `{finetune_id}`"
         )));
     }
-    open(&state, Some(finetune_id), &headers).await
+    open(
+        &state,
+        Some(finetune_id),
+        &headers,
+        session.map(|Extension(s)| s),
+    )
+    .await
 }
 
 async fn open(
     state: &AppState,
     finetune_id: Option<String>,
     headers: &HeaderMap,
+    session: Option<SessionAuth>,
 ) -> Result<EventStream, ApiError> {
     let permit = Arc::clone(&state.stream_permits)
         .try_acquire_owned()
@@ -85,18 +105,40 @@ async fn open(
         None => now,
     };
     let (tx, rx) = mpsc::channel(64);
+    // Ends the stream: at shutdown, or when the session that opened it ends.
+    let ended = state.shutdown.child_token();
+    if let Some(session) = session {
+        tokio::spawn(end_with_session(state.clone(), session, ended.clone()));
+    }
     let pump = Pump {
         store: state.store.clone(),
         finetune_id,
         last: start,
         tx,
-        shutdown: state.shutdown.clone(),
+        shutdown: ended.clone(),
     };
     tokio::spawn(async move {
         let _permit = permit;
         pump.run(live).await;
+        ended.cancel();
     });
     Ok(Sse::new(ReceiverStream::new(rx)).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)))
+}
+
+/// Ends a stream opened by a dashboard session (`ended`) once that session
+/// has ended (signed out, expired, or its API token rotated), checking every
+/// [`SESSION_CHECK`]; returns when the stream ends anyway.
+async fn end_with_session(state: AppState, session: SessionAuth, ended: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = ended.cancelled() => return,
+            () = tokio::time::sleep(SESSION_CHECK) => {}
+        }
+        if !auth::session_still_open(&state, &session.id_sha256).await {
+            ended.cancel();
+            return;
+        }
+    }
 }
 
 /// Moves events to one stream: first what the database holds after

@@ -1410,3 +1410,43 @@ async fn a_query_or_form_that_cannot_be_read_gets_a_page_saying_so_and_changes_n
     assert_eq!(delivery(&app, id).await["status"], "dead");
     assert_eq!(fake.received().len(), before, "the sink got nothing new");
 }
+
+#[tokio::test]
+async fn an_event_stream_opened_by_a_session_ends_when_the_session_does() {
+    let app = spawn_app().await;
+    let cookie = sign_in(&app).await;
+    let client = reqwest::Client::new();
+    let mut stream = client
+        .get(app.url("/v1/events"))
+        .header(header::COOKIE, &cookie)
+        .send()
+        .await
+        .expect("the stream opens");
+    assert_eq!(stream.status(), StatusCode::OK);
+    app.post(json!({"event": "TRAINING_INITIATED", "finetune_id": "ft-live"}))
+        .await;
+    let first = tokio::time::timeout(Duration::from_secs(10), stream.chunk())
+        .await
+        .expect("an event within 10 s")
+        .expect("the stream reads");
+    assert!(
+        first.is_some_and(|c| String::from_utf8_lossy(&c).contains("ft-live")),
+        "the signed-in stream carries the webhook's event"
+    );
+
+    let page = post_form(
+        &app,
+        "/signout",
+        Some(&cookie),
+        Some(&origin(&app)),
+        &[],
+        &[],
+    )
+    .await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER);
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Ok(Some(_)) = stream.chunk().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the stream ended within 10 s of signing out");
+}
