@@ -45,6 +45,22 @@ fn bare_client() -> reqwest::Client {
         .expect("an HTTP client")
 }
 
+/// Posts a job's steps in order, each as a webhook naming the job.
+pub async fn post_steps(app: &TestApp, id: &str, name: &str, steps: &[&str]) {
+    for step in steps {
+        webhook(
+            app,
+            json!({
+                "event": step,
+                "finetune_id": id,
+                "name": name,
+                "base_model": "stabilityai/stable-diffusion-xl-base-1.0",
+            }),
+        )
+        .await;
+    }
+}
+
 /// A tunehook whose one sink, `archive`, refuses everything: each event's
 /// delivery goes dead after one retry.
 async fn app_with_a_failing_sink() -> (TestApp, FakeSink) {
@@ -477,18 +493,7 @@ async fn every_page_fits_a_phone_screen_without_scrolling_sideways() {
         ),
         ("ft-short", "headshots", &["QUEUED", "AVAILABLE"][..]),
     ] {
-        for step in steps {
-            webhook(
-                &app,
-                json!({
-                    "event": step,
-                    "finetune_id": id,
-                    "name": name,
-                    "base_model": "stabilityai/stable-diffusion-xl-base-1.0",
-                }),
-            )
-            .await;
-        }
+        post_steps(&app, id, name, steps).await;
     }
     app.wait_for("/v1/deliveries?status=dead", "a dead delivery", |b| {
         b["deliveries"].as_array().is_some_and(|d| !d.is_empty())

@@ -4,12 +4,11 @@
 //! one PNG per page.
 
 use crate::{
-    dashboard::{http_sink, webhook},
+    dashboard::{http_sink, post_steps},
     driver::Browser,
     fake_sink::{FAIL, FakeSink, OK},
     helpers::spawn_app_with,
 };
-use serde_json::json;
 use std::{path::PathBuf, time::Duration};
 
 #[tokio::test]
@@ -69,18 +68,7 @@ async fn of_every_page() {
         ),
     ];
     for (id, name, steps, _) in jobs {
-        for step in steps {
-            webhook(
-                &app,
-                json!({
-                    "event": step,
-                    "finetune_id": id,
-                    "name": name,
-                    "base_model": "stabilityai/stable-diffusion-xl-base-1.0",
-                }),
-            )
-            .await;
-        }
+        post_steps(&app, id, name, steps).await;
     }
     app.wait_for(
         "/v1/deliveries?status=dead&sink=alerts",
