@@ -55,7 +55,12 @@ impl Application {
         crate::telemetry::metrics::install();
         let (store, writer) = Store::open(&settings.database, delivery::routes(&settings.sinks))
             .await
-            .with_context(|| format!("cannot open the database at {}", settings.database.url))?;
+            .with_context(|| {
+                format!(
+                    "cannot open the database at {}",
+                    settings.database.redacted_url()
+                )
+            })?;
         let generated = store
             .generated_tokens()
             .await

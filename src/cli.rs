@@ -204,8 +204,11 @@ async fn wait_for_signal() {
 async fn migrate(settings: Settings) -> anyhow::Result<()> {
     let count = Store::migrate_only(&settings.database)
         .await
-        .with_context(|| format!("cannot migrate {}", settings.database.url))?;
-    println!("{count} migration(s) applied to {}", settings.database.url);
+        .with_context(|| format!("cannot migrate {}", settings.database.redacted_url()))?;
+    println!(
+        "{count} migration(s) applied to {}",
+        settings.database.redacted_url()
+    );
     Ok(())
 }
 
@@ -241,7 +244,12 @@ async fn reconcile(settings: Settings) -> anyhow::Result<()> {
     let routes = crate::delivery::routes(&settings.sinks);
     let (store, writer) = Store::open(&settings.database, routes)
         .await
-        .with_context(|| format!("cannot open the database at {}", settings.database.url))?;
+        .with_context(|| {
+            format!(
+                "cannot open the database at {}",
+                settings.database.redacted_url()
+            )
+        })?;
     let reconciler = crate::reconcile::Reconciler::new(&settings, store.clone())
         .context("cannot build the HTTP client for Segmind")?;
     let result = reconciler.run_pass().await;
@@ -266,7 +274,12 @@ async fn prune(
     // this second writer take turns with a running service's.
     let (store, writer) = Store::open(&settings.database, Vec::new())
         .await
-        .with_context(|| format!("cannot open the database at {}", settings.database.url))?;
+        .with_context(|| {
+            format!(
+                "cannot open the database at {}",
+                settings.database.redacted_url()
+            )
+        })?;
     let cutoffs = crate::retention::cutoffs(&settings.retention, older_than);
     let result = if dry_run {
         store
@@ -293,7 +306,12 @@ async fn prune(
 async fn tokens(settings: Settings) -> anyhow::Result<()> {
     let (store, writer) = Store::open(&settings.database, Vec::new())
         .await
-        .with_context(|| format!("cannot open the database at {}", settings.database.url))?;
+        .with_context(|| {
+            format!(
+                "cannot open the database at {}",
+                settings.database.redacted_url()
+            )
+        })?;
     let generated = store.generated_tokens().await?;
     drop(store);
     writer
@@ -324,7 +342,12 @@ async fn tokens(settings: Settings) -> anyhow::Result<()> {
 async fn rotate_token(settings: Settings, kind: TokenKind) -> anyhow::Result<()> {
     let (store, writer) = Store::open(&settings.database, Vec::new())
         .await
-        .with_context(|| format!("cannot open the database at {}", settings.database.url))?;
+        .with_context(|| {
+            format!(
+                "cannot open the database at {}",
+                settings.database.redacted_url()
+            )
+        })?;
     // Generates the other token too when this is the first start, as
     // `tunehook tokens` would.
     store.generated_tokens().await?;

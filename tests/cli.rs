@@ -121,7 +121,7 @@ fn bad_values_are_errors_that_name_the_key() {
     for (var, value, key) in [
         ("TUNEHOOK_LOG_FORMAT", "xml", "log.format"),
         ("TUNEHOOK_LISTEN", "localhost", "server.listen"),
-        ("TUNEHOOK_DATABASE_URL", "postgres://x", "database.url"),
+        ("TUNEHOOK_DATABASE_URL", "mysql://x", "database.url"),
         (
             "TUNEHOOK__SERVER__MAX_BODY_BYTES",
             "lots",

@@ -454,7 +454,10 @@ async fn record(settings: &Settings, finetune_id: String, request: SubmitRequest
         .await;
     close_store(store, writer).await;
     match recorded {
-        Ok(_) => eprintln!("recorded as REQUESTED in {}", settings.database.url),
+        Ok(_) => eprintln!(
+            "recorded as REQUESTED in {}",
+            settings.database.redacted_url()
+        ),
         Err(e) => eprintln!("warning: submitted, but not recorded: {e}"),
     }
 }
@@ -467,7 +470,10 @@ async fn record_access(settings: &Settings, finetune_id: &str, public: bool) {
     let recorded = store.record_access(finetune_id, public).await;
     close_store(store, writer).await;
     match recorded {
-        Ok(Some(_)) => eprintln!("recorded on the job in {}", settings.database.url),
+        Ok(Some(_)) => eprintln!(
+            "recorded on the job in {}",
+            settings.database.redacted_url()
+        ),
         Ok(None) => {}
         Err(e) => eprintln!("warning: changed at Segmind, but not recorded: {e}"),
     }
@@ -482,7 +488,7 @@ async fn open_store(settings: &Settings, done: &str) -> Option<(Store, WriterTas
         Err(e) => {
             eprintln!(
                 "warning: {done}, but not recorded: cannot open the database at {}: {e}",
-                settings.database.url
+                settings.database.redacted_url()
             );
             None
         }

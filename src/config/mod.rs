@@ -247,15 +247,35 @@ pub enum Synchronous {
     Normal,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// Which database a `database.url` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DatabaseKind {
+    /// `sqlite://…`: a file on this machine (the default).
+    Sqlite,
+    /// `postgres://…` or `postgresql://…`: a PostgreSQL server.
+    Postgres,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DatabaseSettings {
+    /// `sqlite://…` or `postgres://…`; shown with its password redacted.
+    #[serde(serialize_with = "serialize_redacted_url")]
     pub url: String,
+    /// SQLite: how far each commit goes before it is acknowledged.
     pub synchronous: Synchronous,
     /// Most write requests committed together in one transaction.
     pub max_batch: usize,
-    /// Connections serving reads (queries, health); writes have their own.
+    /// SQLite: connections serving reads (queries, health); writes have
+    /// their own.
     pub read_connections: u32,
+    /// PostgreSQL: connections serving reads; the writer has its own.
+    pub max_connections: u32,
+    /// PostgreSQL: how long to wait at start for a server that is not up
+    /// yet.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// How long a write waits for another process's write lock.
     #[serde(with = "humantime_serde")]
     pub busy_timeout: Duration,
 }
@@ -267,9 +287,79 @@ impl Default for DatabaseSettings {
             synchronous: Synchronous::Full,
             max_batch: 512,
             read_connections: 4,
+            max_connections: 10,
+            connect_timeout: Duration::from_secs(30),
             busy_timeout: Duration::from_secs(5),
         }
     }
+}
+
+impl fmt::Debug for DatabaseSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DatabaseSettings")
+            .field("url", &self.redacted_url())
+            .field("synchronous", &self.synchronous)
+            .field("max_batch", &self.max_batch)
+            .field("read_connections", &self.read_connections)
+            .field("max_connections", &self.max_connections)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("busy_timeout", &self.busy_timeout)
+            .finish()
+    }
+}
+
+impl DatabaseSettings {
+    /// The database `url` names; SQLite for anything that is not a
+    /// PostgreSQL URL (`validate` refuses other schemes).
+    pub fn kind(&self) -> DatabaseKind {
+        if self.url.starts_with("postgres://") || self.url.starts_with("postgresql://") {
+            DatabaseKind::Postgres
+        } else {
+            DatabaseKind::Sqlite
+        }
+    }
+
+    /// `url` with its password, if any, replaced: what logs, errors and
+    /// `check-config` show.
+    pub fn redacted_url(&self) -> String {
+        redact_url(&self.url)
+    }
+}
+
+/// `url` with its password, and any `password=` query parameter, redacted.
+pub fn redact_url(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(mut parsed) if parsed.scheme().starts_with("postgres") => {
+            if parsed.password().is_some() {
+                let _ = parsed.set_password(Some("[redacted]"));
+            }
+            let pairs: Vec<(String, String)> = parsed
+                .query_pairs()
+                .map(|(k, v)| {
+                    let v = if k.eq_ignore_ascii_case("password") {
+                        "[redacted]".to_owned()
+                    } else {
+                        v.into_owned()
+                    };
+                    (k.into_owned(), v)
+                })
+                .collect();
+            if !pairs.is_empty() {
+                parsed.query_pairs_mut().clear().extend_pairs(pairs);
+            }
+            parsed.to_string()
+        }
+        Ok(_) => raw.to_owned(),
+        // Unreadable: show its scheme only, never what may be a password.
+        Err(_) => match raw.split_once("://") {
+            Some((scheme, _)) => format!("{scheme}://[unreadable URL]"),
+            None => "[unreadable URL]".to_owned(),
+        },
+    }
+}
+
+fn serialize_redacted_url<S: Serializer>(url: &str, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&redact_url(url))
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -464,6 +554,58 @@ impl Settings {
     }
 
     /// Checks what types alone cannot.
+    /// `[database]`: a URL of a known scheme that can be read, and sizes
+    /// above zero. A URL is shown with its password redacted.
+    fn validate_database(&self) -> Result<(), ConfigError> {
+        let invalid = |msg: String| Err(ConfigError::Invalid(msg));
+        let db = &self.database;
+        let shown = db.redacted_url();
+        if db.url.starts_with("sqlite:") {
+            // sqlx reads the rest when the database is opened.
+        } else if db.kind() == DatabaseKind::Postgres {
+            let parsed = match url::Url::parse(&db.url) {
+                Ok(parsed) => parsed,
+                Err(e) => {
+                    return invalid(format!(
+                        "database.url: `{shown}` cannot be read as a URL ({e}); write it as postgres://USER:PASSWORD@HOST:5432/DATABASE"
+                    ));
+                }
+            };
+            let socket = parsed.query_pairs().any(|(k, _)| k == "host");
+            if parsed.host_str().is_none_or(str::is_empty) && !socket {
+                return invalid(format!(
+                    "database.url: `{shown}` names no host; write it as postgres://USER:PASSWORD@HOST:5432/DATABASE"
+                ));
+            }
+            for (key, value) in parsed.query_pairs() {
+                const MODES: [&str; 6] = [
+                    "disable",
+                    "allow",
+                    "prefer",
+                    "require",
+                    "verify-ca",
+                    "verify-full",
+                ];
+                if key == "sslmode" && !MODES.contains(&value.as_ref()) {
+                    return invalid(format!(
+                        "database.url: sslmode `{value}` is not one of {}",
+                        MODES.join(", ")
+                    ));
+                }
+            }
+        } else {
+            return invalid(format!(
+                "database.url: `{shown}` is neither a sqlite:// nor a postgres:// URL (for example sqlite://data/tunehook.db or postgres://tunehook:PASSWORD@db:5432/tunehook)"
+            ));
+        }
+        if db.max_batch == 0 || db.read_connections == 0 || db.max_connections == 0 {
+            return invalid(
+                "database.max_batch, database.read_connections and database.max_connections must be greater than 0".into(),
+            );
+        }
+        Ok(())
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |msg: String| Err(ConfigError::Invalid(msg));
         if self.server.listen.parse::<SocketAddr>().is_err() {
@@ -482,17 +624,7 @@ impl Settings {
                     .into(),
             );
         }
-        if !self.database.url.starts_with("sqlite:") {
-            return invalid(format!(
-                "database.url: `{}` is not a sqlite: URL (for example sqlite://data/tunehook.db)",
-                self.database.url
-            ));
-        }
-        if self.database.max_batch == 0 || self.database.read_connections == 0 {
-            return invalid(
-                "database.max_batch and database.read_connections must be greater than 0".into(),
-            );
-        }
+        self.validate_database()?;
         for (key, token) in [
             ("ingest.token", &self.ingest.token),
             ("api.token", &self.api.token),

@@ -11,10 +11,10 @@ use super::{
     prune::{self, PruneCutoffs, PruneReport, PruneStep},
     reconcile::{self, ReconcileSummary, RemoteReport},
     sessions::{self, NewSession},
+    sql::{Conn, DbResult},
     submissions::{self, Claim, Submission, SubmissionResult},
     tokens::{self, TokenKind, Tokens},
 };
-use rusqlite::Connection;
 
 /// One write: run inside the writer's transaction (perhaps again, in a
 /// savepoint of its own, when its batch is redone), answered after the
@@ -22,7 +22,7 @@ use rusqlite::Connection;
 pub(super) trait Command: Send + 'static {
     type Answer: Send + 'static;
 
-    fn run(&self, conn: &Connection, routes: &[SinkRoute]) -> rusqlite::Result<Self::Answer>;
+    fn run(&self, conn: &dyn Conn, routes: &[SinkRoute]) -> DbResult<Self::Answer>;
 
     /// Whether committing `answer` made deliveries due, so the delivery
     /// workers look again.
@@ -36,7 +36,7 @@ pub(super) struct LoadTokens;
 
 impl Command for LoadTokens {
     type Answer = Tokens;
-    fn run(&self, conn: &Connection, _: &[SinkRoute]) -> rusqlite::Result<Tokens> {
+    fn run(&self, conn: &dyn Conn, _: &[SinkRoute]) -> DbResult<Tokens> {
         tokens::load_or_generate(conn)
     }
 }
@@ -46,7 +46,7 @@ pub(super) struct RotateToken(pub TokenKind);
 
 impl Command for RotateToken {
     type Answer = String;
-    fn run(&self, conn: &Connection, _: &[SinkRoute]) -> rusqlite::Result<String> {
+    fn run(&self, conn: &dyn Conn, _: &[SinkRoute]) -> DbResult<String> {
         tokens::rotate(conn, self.0)
     }
 }
@@ -56,7 +56,7 @@ pub(super) struct RecordAttempt(pub AttemptRecord);
 
 impl Command for RecordAttempt {
     type Answer = ();
-    fn run(&self, conn: &Connection, _: &[SinkRoute]) -> rusqlite::Result<()> {
+    fn run(&self, conn: &dyn Conn, _: &[SinkRoute]) -> DbResult<()> {
         outbox::record_attempt(conn, &self.0)
     }
 }
@@ -66,7 +66,7 @@ pub(super) struct RetryDelivery(pub i64);
 
 impl Command for RetryDelivery {
     type Answer = bool;
-    fn run(&self, conn: &Connection, _: &[SinkRoute]) -> rusqlite::Result<bool> {
+    fn run(&self, conn: &dyn Conn, _: &[SinkRoute]) -> DbResult<bool> {
         outbox::retry(conn, self.0)
     }
     fn wakes_deliveries(retried: &bool) -> bool {
@@ -79,7 +79,7 @@ pub(super) struct Replay(pub ReplayChunk);
 
 impl Command for Replay {
     type Answer = ReplayedChunk;
-    fn run(&self, conn: &Connection, routes: &[SinkRoute]) -> rusqlite::Result<ReplayedChunk> {
+    fn run(&self, conn: &dyn Conn, routes: &[SinkRoute]) -> DbResult<ReplayedChunk> {
         outbox::replay_chunk(conn, &self.0, routes)
     }
     fn wakes_deliveries(done: &ReplayedChunk) -> bool {
@@ -92,7 +92,7 @@ pub(super) struct Reconcile(pub RemoteReport);
 
 impl Command for Reconcile {
     type Answer = ReconcileSummary;
-    fn run(&self, conn: &Connection, routes: &[SinkRoute]) -> rusqlite::Result<ReconcileSummary> {
+    fn run(&self, conn: &dyn Conn, routes: &[SinkRoute]) -> DbResult<ReconcileSummary> {
         reconcile::apply(conn, &self.0, routes)
     }
     fn wakes_deliveries(summary: &ReconcileSummary) -> bool {
@@ -105,7 +105,7 @@ pub(super) struct Settle(pub Vec<Settlement>);
 
 impl Command for Settle {
     type Answer = ConfirmSummary;
-    fn run(&self, conn: &Connection, routes: &[SinkRoute]) -> rusqlite::Result<ConfirmSummary> {
+    fn run(&self, conn: &dyn Conn, routes: &[SinkRoute]) -> DbResult<ConfirmSummary> {
         confirm::settle(conn, &self.0, routes)
     }
     fn wakes_deliveries(summary: &ConfirmSummary) -> bool {
@@ -118,7 +118,7 @@ pub(super) struct Prune(pub PruneCutoffs);
 
 impl Command for Prune {
     type Answer = PruneStep;
-    fn run(&self, conn: &Connection, _: &[SinkRoute]) -> rusqlite::Result<PruneStep> {
+    fn run(&self, conn: &dyn Conn, _: &[SinkRoute]) -> DbResult<PruneStep> {
         prune::step(conn, &self.0)
     }
 }
@@ -128,7 +128,7 @@ pub(super) struct RecordPrune(pub PruneReport);
 
 impl Command for RecordPrune {
     type Answer = ();
-    fn run(&self, conn: &Connection, _: &[SinkRoute]) -> rusqlite::Result<()> {
+    fn run(&self, conn: &dyn Conn, _: &[SinkRoute]) -> DbResult<()> {
         prune::record(conn, &self.0)
     }
 }
@@ -138,7 +138,7 @@ pub(super) struct Submit(pub Submission);
 
 impl Command for Submit {
     type Answer = SubmissionResult;
-    fn run(&self, conn: &Connection, routes: &[SinkRoute]) -> rusqlite::Result<SubmissionResult> {
+    fn run(&self, conn: &dyn Conn, routes: &[SinkRoute]) -> DbResult<SubmissionResult> {
         submissions::record(conn, &self.0, routes)
     }
     fn wakes_deliveries(result: &SubmissionResult) -> bool {
@@ -155,7 +155,7 @@ pub(super) struct RecordAccess {
 
 impl Command for RecordAccess {
     type Answer = Option<usize>;
-    fn run(&self, conn: &Connection, routes: &[SinkRoute]) -> rusqlite::Result<Option<usize>> {
+    fn run(&self, conn: &dyn Conn, routes: &[SinkRoute]) -> DbResult<Option<usize>> {
         submissions::record_access(conn, &self.finetune_id, self.public, routes)
     }
     fn wakes_deliveries(deliveries: &Option<usize>) -> bool {
@@ -171,7 +171,7 @@ pub(super) struct ClaimKey {
 
 impl Command for ClaimKey {
     type Answer = Claim;
-    fn run(&self, conn: &Connection, _: &[SinkRoute]) -> rusqlite::Result<Claim> {
+    fn run(&self, conn: &dyn Conn, _: &[SinkRoute]) -> DbResult<Claim> {
         submissions::claim(conn, &self.key, &self.request_sha256)
     }
 }
@@ -181,7 +181,7 @@ pub(super) struct ReleaseKey(pub String);
 
 impl Command for ReleaseKey {
     type Answer = ();
-    fn run(&self, conn: &Connection, _: &[SinkRoute]) -> rusqlite::Result<()> {
+    fn run(&self, conn: &dyn Conn, _: &[SinkRoute]) -> DbResult<()> {
         submissions::release(conn, &self.0)
     }
 }
@@ -194,7 +194,7 @@ pub(super) struct StoreAnswer {
 
 impl Command for StoreAnswer {
     type Answer = ();
-    fn run(&self, conn: &Connection, _: &[SinkRoute]) -> rusqlite::Result<()> {
+    fn run(&self, conn: &dyn Conn, _: &[SinkRoute]) -> DbResult<()> {
         submissions::store_answer(conn, &self.key, &self.response)
     }
 }
@@ -204,7 +204,7 @@ pub(super) struct OpenSession(pub NewSession);
 
 impl Command for OpenSession {
     type Answer = ();
-    fn run(&self, conn: &Connection, _: &[SinkRoute]) -> rusqlite::Result<()> {
+    fn run(&self, conn: &dyn Conn, _: &[SinkRoute]) -> DbResult<()> {
         sessions::open(conn, &self.0)
     }
 }
@@ -214,7 +214,7 @@ pub(super) struct EndSession(pub String);
 
 impl Command for EndSession {
     type Answer = ();
-    fn run(&self, conn: &Connection, _: &[SinkRoute]) -> rusqlite::Result<()> {
+    fn run(&self, conn: &dyn Conn, _: &[SinkRoute]) -> DbResult<()> {
         sessions::end(conn, &self.0)
     }
 }

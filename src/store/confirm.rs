@@ -6,14 +6,17 @@
 //! same whichever way a status arrives.
 
 use super::{
-    Store, StoreError, ingest::Outcome, outbox::SinkRoute, plan::Planner,
+    Store, StoreError,
+    ingest::Outcome,
+    outbox::SinkRoute,
+    plan::Planner,
     reconcile::RemoteObservation,
+    sql::{Conn, DbResult, args, query},
 };
 use crate::{
     domain::{Decision, Observation, Payload, Source, Status},
     time::now_rfc3339,
 };
-use rusqlite::{Connection, OptionalExtension, params};
 use std::collections::BTreeSet;
 
 /// A claim to store with its receipt.
@@ -25,22 +28,19 @@ pub(super) struct Pending<'a> {
     pub deadline: &'a str,
 }
 
-pub(super) fn insert_pending(conn: &Connection, pending: &[Pending<'_>]) -> rusqlite::Result<()> {
-    if pending.is_empty() {
-        return Ok(());
-    }
-    let mut statement = conn.prepare_cached(
-        "INSERT INTO confirmations (receipt_id, finetune_id, status, deadline, next_check_at)
-         VALUES (?1, ?2, ?3, ?4, ?5)",
-    )?;
+pub(super) fn insert_pending(conn: &dyn Conn, pending: &[Pending<'_>]) -> DbResult<()> {
     for p in pending {
-        statement.execute(params![
-            p.receipt_id,
-            p.finetune_id,
-            p.status.as_str(),
-            p.deadline,
-            p.received_at
-        ])?;
+        conn.execute(
+            "INSERT INTO confirmations (receipt_id, finetune_id, status, deadline, next_check_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            args![
+                p.receipt_id,
+                p.finetune_id,
+                p.status.as_str(),
+                p.deadline,
+                p.received_at
+            ],
+        )?;
     }
     Ok(())
 }
@@ -100,10 +100,10 @@ pub struct ConfirmSummary {
 }
 
 pub(super) fn settle(
-    conn: &Connection,
+    conn: &dyn Conn,
     settlements: &[Settlement],
     routes: &[SinkRoute],
-) -> rusqlite::Result<ConfirmSummary> {
+) -> DbResult<ConfirmSummary> {
     let ids: BTreeSet<&str> = settlements.iter().map(|s| s.finetune_id.as_str()).collect();
     let mut planner = Planner::load(conn, &ids, routes)?;
     let now = now_rfc3339();
@@ -117,22 +117,18 @@ pub(super) fn settle(
             error,
         } = &settlement.kind
         {
-            conn.prepare_cached(
+            conn.execute(
                 "UPDATE confirmations SET next_check_at = ?1, checks = checks + 1,
                     answered = COALESCE(?2, answered), last_error = ?3
                  WHERE receipt_id = ?4",
-            )?
-            .execute(params![
-                next_check_at,
-                answered,
-                error,
-                settlement.receipt_id
-            ])?;
+                args![next_check_at, answered, error, settlement.receipt_id],
+            )?;
             continue;
         }
-        let open = conn
-            .prepare_cached("DELETE FROM confirmations WHERE receipt_id = ?1")?
-            .execute([settlement.receipt_id])?;
+        let open = conn.execute(
+            "DELETE FROM confirmations WHERE receipt_id = ?1",
+            args![settlement.receipt_id],
+        )?;
         if open == 0 {
             continue;
         }
@@ -185,12 +181,10 @@ pub(super) fn settle(
             }
             SettlementKind::Later { .. } => continue,
         };
-        conn.prepare_cached("UPDATE receipts SET outcome = ?1, confirmation = ?2 WHERE id = ?3")?
-            .execute(params![
-                outcome.as_str(),
-                confirmation,
-                settlement.receipt_id
-            ])?;
+        conn.execute(
+            "UPDATE receipts SET outcome = ?1, confirmation = ?2 WHERE id = ?3",
+            args![outcome.as_str(), confirmation, settlement.receipt_id],
+        )?;
     }
     let seen: Vec<&str> = api_views.iter().map(|a| a.finetune_id.as_str()).collect();
     super::reconcile::record_sightings(conn, &seen, &now)?;
@@ -217,34 +211,32 @@ pub(super) fn settle(
 }
 
 /// The payload of a stored receipt, read again from its body.
-fn stored_payload(conn: &Connection, receipt_id: i64) -> rusqlite::Result<Option<Payload>> {
+fn stored_payload(conn: &dyn Conn, receipt_id: i64) -> DbResult<Option<Payload>> {
     let body: Option<Vec<u8>> = conn
-        .prepare_cached("SELECT body FROM receipts WHERE id = ?1")?
-        .query_row([receipt_id], |row| row.get(0))
-        .optional()?;
+        .query_opt("SELECT body FROM receipts WHERE id = ?1", args![receipt_id])?
+        .map(|row| row.get(0))
+        .transpose()?;
     Ok(body.and_then(|b| Payload::parse(&b).ok()))
 }
 
 impl Store {
     /// Claims whose next check is due at `now`, the soonest first.
     pub async fn due_claims(&self, now: &str, limit: u32) -> Result<Vec<PendingClaim>, StoreError> {
-        Ok(sqlx::query_as(
+        Ok(query(
             "SELECT receipt_id, finetune_id, status, deadline, checks, answered
              FROM confirmations WHERE next_check_at <= ?1
              ORDER BY next_check_at, receipt_id LIMIT ?2",
         )
         .bind(now)
-        .bind(i64::from(limit))
+        .bind_owned(limit)
         .fetch_all(&self.reads)
         .await?)
     }
 
     /// When the next claim falls due, if any is waiting.
     pub async fn next_claim_at(&self) -> Result<Option<String>, StoreError> {
-        Ok(
-            sqlx::query_scalar("SELECT MIN(next_check_at) FROM confirmations")
-                .fetch_one(&self.reads)
-                .await?,
-        )
+        Ok(query("SELECT MIN(next_check_at) FROM confirmations")
+            .scalar(&self.reads)
+            .await?)
     }
 }

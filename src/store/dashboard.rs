@@ -5,9 +5,8 @@
 
 use super::{
     AttemptRow, DeliveryFilter, DeliveryRow, JobRow, Store, StoreError, outbox::DELIVERY_COLUMNS,
-    queries::JOB_COLUMNS,
+    queries::JOB_COLUMNS, sql::query,
 };
-use sqlx::{QueryBuilder, Sqlite};
 
 /// A job as the dashboard lists it.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -58,7 +57,7 @@ pub struct DeadFirstCursor {
 impl Store {
     /// Jobs per status, every status that has one.
     pub async fn status_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
-        Ok(sqlx::query_as(super::queries::JOBS_BY_STATUS)
+        Ok(query(super::queries::JOBS_BY_STATUS)
             .fetch_all(&self.reads)
             .await?)
     }
@@ -68,7 +67,7 @@ impl Store {
         &self,
         search: &JobSearch,
     ) -> Result<(Vec<JobSummary>, Option<(String, String)>), StoreError> {
-        let mut query: QueryBuilder<Sqlite> = QueryBuilder::new(format!(
+        let mut query = query(format!(
             "SELECT {JOB_COLUMNS}, segmind_status, webhook_status,
                 COALESCE((SELECT MAX(observed_at) FROM transitions t
                           WHERE t.finetune_id = jobs.finetune_id AND t.to_status = jobs.status),
@@ -79,13 +78,20 @@ impl Store {
             query.push(" AND status = ").push_bind(status.clone());
         }
         if let Some(text) = &search.text {
-            let text = text.to_lowercase();
+            // `%`, `_` and `\` in the text match themselves.
+            let pattern = format!(
+                "%{}%",
+                text.to_lowercase()
+                    .replace('\\', "\\\\")
+                    .replace('%', "\\%")
+                    .replace('_', "\\_")
+            );
             query
-                .push(" AND (instr(lower(finetune_id), ")
-                .push_bind(text.clone())
-                .push(") > 0 OR instr(lower(COALESCE(name, '')), ")
-                .push_bind(text)
-                .push(") > 0)");
+                .push(" AND (lower(finetune_id) LIKE ")
+                .push_bind(pattern.clone())
+                .push(" ESCAPE '\\' OR lower(COALESCE(name, '')) LIKE ")
+                .push_bind(pattern)
+                .push(" ESCAPE '\\')");
         }
         if let Some((updated_at, finetune_id)) = &search.after {
             query
@@ -98,7 +104,7 @@ impl Store {
         query
             .push(" ORDER BY updated_at DESC, finetune_id DESC LIMIT ")
             .push_bind(i64::from(search.limit) + 1);
-        let mut jobs: Vec<JobSummary> = query.build_query_as().fetch_all(&self.reads).await?;
+        let mut jobs: Vec<JobSummary> = query.fetch_all(&self.reads).await?;
         let next = if jobs.len() > search.limit as usize {
             jobs.truncate(search.limit as usize);
             jobs.last()
@@ -111,7 +117,7 @@ impl Store {
 
     /// Every attempt at every delivery of a job, oldest first.
     pub async fn job_attempts(&self, finetune_id: &str) -> Result<Vec<JobAttempt>, StoreError> {
-        Ok(sqlx::query_as(
+        Ok(query(
             "SELECT a.delivery_id, a.started_at, a.duration_ms, a.status_code, a.exit_code,
                     a.error, a.response
              FROM deliveries d JOIN delivery_attempts a ON a.delivery_id = d.id
@@ -163,9 +169,7 @@ impl Store {
         before_id: Option<i64>,
         limit: usize,
     ) -> Result<Vec<DeliveryRow>, StoreError> {
-        let mut query = QueryBuilder::<Sqlite>::new(format!(
-            "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE "
-        ));
+        let mut query = query(format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE "));
         query.push(if dead {
             "status = 'dead'"
         } else {
@@ -183,6 +187,6 @@ impl Store {
         query
             .push(" ORDER BY id DESC LIMIT ")
             .push_bind(i64::try_from(limit).unwrap_or(i64::MAX));
-        Ok(query.build_query_as().fetch_all(&self.reads).await?)
+        Ok(query.fetch_all(&self.reads).await?)
     }
 }

@@ -3,9 +3,11 @@
 //! rows, so a status change and a later field update of one job reach each
 //! sink in that order, through the same per-job queue.
 
-use super::{Store, StoreError};
+use super::{
+    Store, StoreError,
+    sql::{Conn, DbResult, args, query},
+};
 use crate::domain::event::EventType;
-use rusqlite::{Connection, params};
 
 /// An event to record.
 #[derive(Debug, Clone)]
@@ -24,26 +26,26 @@ pub struct NewEvent {
     pub body: String,
 }
 
-pub fn insert(conn: &Connection, events: &[NewEvent]) -> rusqlite::Result<()> {
-    let mut statement = conn.prepare_cached(
-        "INSERT INTO events (event_id, type, finetune_id, status, previous_status, changed,
-            source, observed_at, body)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-    )?;
+pub fn insert(conn: &dyn Conn, events: &[NewEvent]) -> DbResult<()> {
     for e in events {
         let changed = (e.kind == EventType::Updated)
             .then(|| serde_json::Value::from(e.changed.clone()).to_string());
-        statement.execute(params![
-            e.event_id,
-            e.kind.as_str(),
-            e.finetune_id,
-            e.status,
-            e.previous_status,
-            changed,
-            e.source,
-            e.observed_at,
-            e.body,
-        ])?;
+        conn.execute(
+            "INSERT INTO events (event_id, type, finetune_id, status, previous_status, changed,
+                source, observed_at, body)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            args![
+                e.event_id,
+                e.kind.as_str(),
+                e.finetune_id,
+                e.status,
+                e.previous_status,
+                changed,
+                e.source,
+                e.observed_at,
+                e.body,
+            ],
+        )?;
     }
     Ok(())
 }
@@ -88,34 +90,30 @@ impl Store {
         finetune_id: Option<&str>,
         limit: u32,
     ) -> Result<Vec<FeedEvent>, StoreError> {
-        Ok(sqlx::query_as(
+        Ok(query(
             "SELECT id AS seq, event_id, type AS kind, finetune_id, body FROM events
              WHERE id > ?1 AND (?2 IS NULL OR finetune_id = ?2) ORDER BY id LIMIT ?3",
         )
-        .bind(after)
-        .bind(finetune_id)
-        .bind(i64::from(limit))
+        .bind(&after)
+        .bind(&finetune_id)
+        .bind(&limit)
         .fetch_all(&self.reads)
         .await?)
     }
 
     /// The place in commit order of the event with this id.
     pub async fn event_seq(&self, event_id: &str) -> Result<Option<i64>, StoreError> {
-        Ok(
-            sqlx::query_scalar("SELECT id FROM events WHERE event_id = ?")
-                .bind(event_id)
-                .fetch_optional(&self.reads)
-                .await?,
-        )
+        Ok(query("SELECT id FROM events WHERE event_id = ?")
+            .bind(event_id)
+            .scalar_optional(&self.reads)
+            .await?)
     }
 
     /// The place of the last committed event (0 when there is none).
     pub async fn last_event_seq(&self) -> Result<i64, StoreError> {
-        Ok(
-            sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) FROM events")
-                .fetch_one(&self.reads)
-                .await?,
-        )
+        Ok(query("SELECT COALESCE(MAX(id), 0) FROM events")
+            .scalar(&self.reads)
+            .await?)
     }
 }
 
@@ -129,7 +127,7 @@ mod tests {
         // As `store::migrate` runs them.
         conn.pragma_update(None, "foreign_keys", false)
             .expect("keys off");
-        let mut migrations = super::super::MIGRATOR.iter();
+        let mut migrations = super::super::sqlite::MIGRATOR.iter();
         for migration in migrations.by_ref().take_while(|m| m.version < 6) {
             conn.execute_batch(&migration.sql)
                 .expect("an older migration");
@@ -146,7 +144,7 @@ mod tests {
         )
         .expect("rows of an older version");
         // `take_while` consumed version 6 itself; apply it and the rest.
-        let rest: Vec<_> = super::super::MIGRATOR
+        let rest: Vec<_> = super::super::sqlite::MIGRATOR
             .iter()
             .filter(|m| m.version >= 6)
             .collect();

@@ -5,9 +5,13 @@
 //! statements. The writer runs this inside its batch transaction, so the
 //! receipts, the jobs and the transitions commit together.
 
-use super::{confirm, outbox::SinkRoute, plan::Planner};
+use super::{
+    confirm,
+    outbox::SinkRoute,
+    plan::Planner,
+    sql::{Conn, DbError, DbResult, args},
+};
 use crate::domain::{Decision, Job, Observation, Payload, Source};
-use rusqlite::{Connection, params};
 use std::collections::BTreeSet;
 
 /// A webhook request as received, ready to store.
@@ -97,31 +101,32 @@ pub struct IngestResult {
 /// Stores `requests` in order; answers one result per request.
 /// Stores one webhook, as a batch of one.
 pub(super) fn execute_one(
-    conn: &Connection,
+    conn: &dyn Conn,
     request: &IngestRequest,
     routes: &[SinkRoute],
-) -> rusqlite::Result<IngestResult> {
+) -> DbResult<IngestResult> {
     // A batch answers one result per request.
     execute_batch(conn, &[request], routes)?
         .pop()
-        .ok_or(rusqlite::Error::QueryReturnedNoRows)
+        .ok_or_else(|| DbError::unavailable("a batch of one answered nothing"))
 }
 
 pub(super) fn execute_batch(
-    conn: &Connection,
+    conn: &dyn Conn,
     requests: &[&IngestRequest],
     routes: &[SinkRoute],
-) -> rusqlite::Result<Vec<IngestResult>> {
+) -> DbResult<Vec<IngestResult>> {
     let named: BTreeSet<&str> = requests
         .iter()
         .filter_map(|r| observable(r).map(|(id, _)| id))
         .collect();
     let mut planner = Planner::load(conn, &named, routes)?;
-    // The single writer is the only one inserting receipts, so ids can be
-    // assigned here and used by the transitions that refer to them.
+    // The writer holds the database's write lock, so no other transaction
+    // inserts receipts meanwhile: ids can be assigned here and used by the
+    // transitions that refer to them.
     let next_id: i64 = conn
-        .prepare_cached("SELECT COALESCE(MAX(id), 0) + 1 FROM receipts")?
-        .query_row([], |row| row.get(0))?;
+        .query_one("SELECT COALESCE(MAX(id), 0) + 1 FROM receipts", &[])?
+        .get(0)?;
 
     let mut results = Vec::with_capacity(requests.len());
     let mut pending = Vec::new();
@@ -200,33 +205,33 @@ fn observable(request: &IngestRequest) -> Option<(&str, &crate::domain::Status)>
 }
 
 fn insert_receipts(
-    conn: &Connection,
+    conn: &dyn Conn,
     requests: &[&IngestRequest],
     results: &[IngestResult],
-) -> rusqlite::Result<()> {
-    let mut statement = conn.prepare_cached(
-        "INSERT INTO receipts (id, received_at, body, body_sha256, headers, outcome,
-            finetune_id, status, event_id, error, confirmation)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-    )?;
+) -> DbResult<()> {
     for (request, result) in requests.iter().zip(results) {
         let (event_id, error) = match &request.payload {
             Ok(payload) => (payload.event_id.as_deref(), None),
             Err(reason) => (None, Some(reason.as_str())),
         };
-        statement.execute(params![
-            result.receipt_id,
-            request.received_at,
-            request.body,
-            request.body_sha256,
-            request.headers,
-            result.outcome.as_str(),
-            result.finetune_id,
-            result.status,
-            event_id,
-            error,
-            (result.outcome == Outcome::Confirming).then_some("pending"),
-        ])?;
+        conn.execute(
+            "INSERT INTO receipts (id, received_at, body, body_sha256, headers, outcome,
+                finetune_id, status, event_id, error, confirmation)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            args![
+                result.receipt_id,
+                request.received_at,
+                request.body,
+                request.body_sha256,
+                request.headers,
+                result.outcome.as_str(),
+                result.finetune_id,
+                result.status,
+                event_id,
+                error,
+                (result.outcome == Outcome::Confirming).then_some("pending"),
+            ],
+        )?;
     }
     Ok(())
 }

@@ -1,14 +1,15 @@
 //! Storage: the only place SQL lives.
 //!
-//! SQLite allows one writer at a time, so every write goes through one thread
-//! (`writer`) that commits whatever requests are waiting as one transaction
-//! (group commit) and answers each request only after that commit is on disk.
-//! The writer drives its connection directly (rusqlite) so a batch's
-//! statements run back to back on its thread; migrations and reads use sqlx,
-//! reads through a pool of read-only connections, which WAL mode lets run
-//! alongside the writer.
+//! One [`Store`], two databases behind it: SQLite (`sqlite/`, the default)
+//! and PostgreSQL (`postgres/`), chosen by `database.url`. Every write goes
+//! through one thread (`writer`) that commits whatever requests are waiting
+//! as one transaction (group commit) and answers each request only after
+//! that commit is durable; the writes themselves (`ingest.rs`, `outbox.rs`,
+//! `confirm.rs`, …) and the reads are written once, in SQL both databases
+//! speak, over the connection and pools of `sql.rs`. What differs — how a
+//! database is opened, how the writer's transaction takes the write lock,
+//! how a statement reaches the server — lives in each backend's folder.
 
-mod checkpoint;
 mod commands;
 mod confirm;
 mod dashboard;
@@ -18,10 +19,13 @@ mod jobs;
 mod models;
 mod outbox;
 mod plan;
+pub mod postgres;
 mod prune;
 mod queries;
 mod reconcile;
 mod sessions;
+pub mod sql;
+pub mod sqlite;
 mod submissions;
 mod tokens;
 mod writer;
@@ -42,45 +46,72 @@ pub use sessions::NewSession;
 pub use submissions::{Claim, Submission, SubmissionResult};
 pub use tokens::{TokenKind, Tokens};
 
-use crate::config::{DatabaseSettings, Synchronous};
-use sqlx::{
-    ConnectOptions, Connection,
-    migrate::Migrator,
-    sqlite::{
-        SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-    },
-};
-use std::{path::Path, str::FromStr, sync::Arc};
+use crate::config::{DatabaseKind, DatabaseSettings};
+use sql::{Pool, WriteConn, query};
+use std::{path::PathBuf, sync::Arc};
 use tokio::sync::watch;
 use writer::WriterHandle;
 pub use writer::{PANIC_AFTER_VAR, WriterState, WriterTask};
-
-/// The migrations, embedded in the binary.
-pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The database could not take the write or the read (disk full,
-    /// read-only file, locked too long, shutting down). Callers answer 503.
+    /// read-only file, locked too long, unreachable, shutting down).
+    /// Callers answer 503.
     #[error("the database is unavailable: {0}")]
     Unavailable(String),
     #[error(transparent)]
-    Database(#[from] sqlx::Error),
+    Database(sqlx::Error),
     #[error(transparent)]
     Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+impl From<sqlx::Error> for StoreError {
+    /// A database that cannot be reached is unavailable (503), whichever
+    /// the operation; anything else is the query's own failure.
+    fn from(e: sqlx::Error) -> StoreError {
+        match e {
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed => StoreError::Unavailable(e.to_string()),
+            sqlx::Error::Database(ref db)
+                if db
+                    .code()
+                    .is_some_and(|c| c.starts_with("08") || c.starts_with("57P")) =>
+            {
+                StoreError::Unavailable(db.message().to_owned())
+            }
+            e => StoreError::Database(e),
+        }
+    }
+}
+
+/// What a backend hands the store once its database is open.
+pub(crate) struct Opened {
+    writer: Box<dyn WriteConn>,
+    reads: Pool,
+    gauges: Pool,
+    /// The database file, when it is one.
+    file: Option<PathBuf>,
+    /// How many migrations the backend has.
+    migrations: usize,
 }
 
 /// A handle to the database: cheap to clone, shared by every request.
 #[derive(Clone)]
 pub struct Store {
     writer: WriterHandle,
-    reads: SqlitePool,
+    reads: Pool,
     /// One read connection for `/metrics` alone.
-    gauges: SqlitePool,
+    gauges: Pool,
     outbox: watch::Receiver<u64>,
-    /// The database file, to measure it with its write-ahead log.
-    file: Arc<std::path::PathBuf>,
+    /// The database file, to measure it with its write-ahead log (none on
+    /// a server).
+    file: Option<Arc<PathBuf>>,
+    migrations: usize,
     /// Bumped after each write that may have committed events.
     commits: Arc<watch::Sender<u64>>,
 }
@@ -94,30 +125,13 @@ impl Store {
         settings: &DatabaseSettings,
         routes: Vec<SinkRoute>,
     ) -> Result<(Store, WriterTask), StoreError> {
-        let options = connect_options(settings)?;
-        prepare_files(options.get_filename())?;
-        migrate(&options).await?;
-        let conn = open_writer(options.get_filename(), settings)?;
-        let checkpointer = checkpoint::open(options.get_filename(), settings.busy_timeout)
-            .map_err(|e| StoreError::Unavailable(format!("cannot open the database: {e}")))
-            .and_then(|conn| {
-                checkpoint::spawn(conn).map_err(|e| {
-                    StoreError::Unavailable(format!("cannot start the checkpoint thread: {e}"))
-                })
-            })?;
-        let reads = SqlitePoolOptions::new()
-            .max_connections(settings.read_connections)
-            .min_connections(1)
-            .connect_with(options.clone().read_only(true))
-            .await?;
-        let gauges = SqlitePoolOptions::new()
-            .max_connections(1)
-            .min_connections(0)
-            .connect_lazy_with(options.clone().read_only(true));
+        let opened = match settings.kind() {
+            DatabaseKind::Sqlite => sqlite::open(settings).await?,
+            DatabaseKind::Postgres => postgres::open(settings).await?,
+        };
         let (outbox_tx, outbox) = watch::channel(0);
         let (writer, task) = writer::spawn(
-            conn,
-            checkpointer,
+            opened.writer,
             settings.max_batch,
             Arc::new(routes),
             outbox_tx,
@@ -126,22 +140,33 @@ impl Store {
         Ok((
             Store {
                 writer,
-                reads,
-                gauges,
+                reads: opened.reads,
+                gauges: opened.gauges,
                 outbox,
-                file: Arc::new(options.get_filename().to_path_buf()),
+                file: opened.file.map(Arc::new),
+                migrations: opened.migrations,
                 commits: Arc::new(watch::channel(0).0),
             },
             task,
         ))
     }
 
-    /// Applies the migrations and returns; used by `tunehook migrate`.
+    /// Applies the migrations and returns how many the database has; used
+    /// by `tunehook migrate`.
     pub async fn migrate_only(settings: &DatabaseSettings) -> Result<usize, StoreError> {
-        let options = connect_options(settings)?;
-        prepare_files(options.get_filename())?;
-        migrate(&options).await?;
-        Ok(MIGRATOR.iter().count())
+        match settings.kind() {
+            DatabaseKind::Sqlite => sqlite::migrate_only(settings).await,
+            DatabaseKind::Postgres => postgres::migrate_only(settings).await,
+        }
+    }
+
+    /// The database's size: its file and write-ahead log, or what the
+    /// server counts.
+    pub async fn database_bytes(&self) -> Result<u64, StoreError> {
+        match &self.file {
+            Some(file) => sqlite::database_bytes(&self.reads, file).await,
+            None => postgres::database_bytes(&self.reads).await,
+        }
     }
 
     /// Stores one webhook request and applies it to its job, durably.
@@ -303,9 +328,7 @@ impl Store {
     /// The generated tokens as stored now (another process may have rotated
     /// one); `None` for a token not generated yet.
     pub async fn stored_tokens(&self) -> Result<(Option<String>, Option<String>), StoreError> {
-        Ok(sqlx::query_as(tokens::READ_BOTH)
-            .fetch_one(&self.reads)
-            .await?)
+        Ok(query(tokens::READ_BOTH).fetch_one(&self.reads).await?)
     }
 
     /// True when the database answers and every migration is applied.
@@ -313,135 +336,9 @@ impl Store {
         if *self.writer.state().borrow() != WriterState::Running {
             return false;
         }
-        let applied: Result<i64, _> =
-            sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations WHERE success = 1")
-                .fetch_one(&self.reads)
-                .await;
-        matches!(applied, Ok(n) if n as usize >= MIGRATOR.iter().count())
+        let applied: Result<i64, _> = query("SELECT COUNT(*) FROM _sqlx_migrations WHERE success")
+            .scalar(&self.reads)
+            .await;
+        matches!(applied, Ok(n) if n as usize >= self.migrations)
     }
-}
-
-/// Applies the migrations on a connection of their own. A migration that
-/// changes a table's constraints rebuilds the table, which SQLite allows
-/// only with foreign key enforcement off (it cannot be turned off inside
-/// the transaction each migration runs in); every key is checked once they
-/// are applied, and a broken one fails the start.
-async fn migrate(options: &SqliteConnectOptions) -> Result<(), StoreError> {
-    let mut conn = options.clone().foreign_keys(false).connect().await?;
-    MIGRATOR.run(&mut conn).await?;
-    let broken: Vec<(String,)> = sqlx::query_as("SELECT \"table\" FROM pragma_foreign_key_check")
-        .fetch_all(&mut conn)
-        .await?;
-    conn.close().await?;
-    match broken.first() {
-        None => Ok(()),
-        Some((table,)) => Err(StoreError::Unavailable(format!(
-            "the database has rows in `{table}` whose references are broken"
-        ))),
-    }
-}
-
-fn connect_options(settings: &DatabaseSettings) -> Result<SqliteConnectOptions, StoreError> {
-    let synchronous = match settings.synchronous {
-        Synchronous::Full => SqliteSynchronous::Full,
-        Synchronous::Normal => SqliteSynchronous::Normal,
-    };
-    Ok(SqliteConnectOptions::from_str(&settings.url)?
-        .create_if_missing(true)
-        .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(synchronous)
-        .foreign_keys(true)
-        .busy_timeout(settings.busy_timeout)
-        .disable_statement_logging())
-}
-
-/// The writer's connection, with the same settings as sqlx's.
-fn open_writer(
-    file: &Path,
-    settings: &DatabaseSettings,
-) -> Result<rusqlite::Connection, StoreError> {
-    let open = || -> rusqlite::Result<rusqlite::Connection> {
-        let conn = rusqlite::Connection::open(file)?;
-        conn.busy_timeout(settings.busy_timeout)?;
-        conn.pragma_update(None, "journal_mode", "wal")?;
-        conn.pragma_update(
-            None,
-            "synchronous",
-            match settings.synchronous {
-                Synchronous::Full => "full",
-                Synchronous::Normal => "normal",
-            },
-        )?;
-        conn.pragma_update(None, "foreign_keys", true)?;
-        // Savepoints' statement journals stay in memory, not in temp files.
-        conn.pragma_update(None, "temp_store", "memory")?;
-        conn.pragma_update(
-            None,
-            "wal_autocheckpoint",
-            checkpoint::WRITER_CHECKPOINT_PAGES,
-        )?;
-        conn.set_prepared_statement_cache_capacity(64);
-        Ok(conn)
-    };
-    open().map_err(|e| {
-        StoreError::Unavailable(format!("cannot open {} for writing: {e}", file.display()))
-    })
-}
-
-/// Creates the database's folder, when missing, readable by tunehook's user
-/// alone (0700): it holds the tokens and every payload.
-fn create_parent_dir(file: &Path) -> Result<(), StoreError> {
-    use std::os::unix::fs::DirBuilderExt;
-    match file.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() && !dir.exists() => std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|e| StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))),
-        _ => Ok(()),
-    }
-}
-
-/// Creates the database file, when missing, as 0600 before SQLite opens it.
-/// SQLite gives its write-ahead log and shared-memory files the database
-/// file's mode, so they are 0600 too. A file that already exists keeps its
-/// mode, with a warning when other users can read it.
-fn create_private_file(file: &Path) -> Result<(), StoreError> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let created = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(file);
-    match created {
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            if let Ok(meta) = std::fs::metadata(file) {
-                let mode = meta.permissions().mode() & 0o777;
-                if mode & 0o077 != 0 {
-                    tracing::warn!(
-                        file = %file.display(),
-                        mode = %format!("{mode:04o}"),
-                        "the database file (tokens and every payload) is open to other users; fix: chmod 600 {}",
-                        file.display()
-                    );
-                }
-            }
-            Ok(())
-        }
-        Err(e) => Err(StoreError::Unavailable(format!(
-            "cannot create {}: {e}",
-            file.display()
-        ))),
-    }
-}
-
-/// The folder and file the database lives in, created private when missing.
-fn prepare_files(file: &Path) -> Result<(), StoreError> {
-    create_parent_dir(file)?;
-    // `sqlite::memory:` and the like name no file to create.
-    if file.as_os_str().is_empty() || file.as_os_str() == ":memory:" {
-        return Ok(());
-    }
-    create_private_file(file)
 }

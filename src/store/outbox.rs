@@ -9,10 +9,11 @@
 //! found through an index without looking at the queue behind them, however
 //! long a sink outage made it.
 
-use super::{Store, StoreError};
+use super::{
+    Store, StoreError,
+    sql::{Arg, Conn, DbResult, Pool, ToArg, args, query},
+};
 use crate::domain::{Status, event::EventType};
-use rusqlite::{Connection, OptionalExtension, params};
-use sqlx::{QueryBuilder, Sqlite};
 use std::collections::BTreeMap;
 
 /// A configured sink as the store sees it: its name and its filters.
@@ -56,20 +57,20 @@ pub struct NewDelivery {
 }
 
 pub(super) fn insert_deliveries(
-    conn: &Connection,
+    conn: &dyn Conn,
     deliveries: &[NewDelivery],
     now: &str,
-) -> rusqlite::Result<()> {
-    let mut statement = conn.prepare_cached(
-        "INSERT INTO deliveries (sink, event_id, finetune_id, status, next_attempt_at, created_at)
-         VALUES (?1, ?2, ?3, 'pending',
-            CASE WHEN EXISTS (SELECT 1 FROM deliveries
-                              WHERE sink = ?1 AND finetune_id = ?3 AND status = 'pending')
-                 THEN ?5 ELSE ?4 END,
-            ?4)",
-    )?;
+) -> DbResult<()> {
     for d in deliveries {
-        statement.execute((&d.sink, &d.event_id, &d.finetune_id, now, WAITING))?;
+        conn.execute(
+            "INSERT INTO deliveries (sink, event_id, finetune_id, status, next_attempt_at, created_at)
+             VALUES (?1, ?2, ?3, 'pending',
+                CASE WHEN EXISTS (SELECT 1 FROM deliveries
+                                  WHERE sink = ?1 AND finetune_id = ?3 AND status = 'pending')
+                     THEN ?5 ELSE ?4 END,
+                ?4)",
+            args![d.sink, d.event_id, d.finetune_id, now, WAITING],
+        )?;
     }
     Ok(())
 }
@@ -96,12 +97,11 @@ pub struct AttemptRecord {
     pub next: NextStep,
 }
 
-pub(super) fn record_attempt(conn: &Connection, r: &AttemptRecord) -> rusqlite::Result<()> {
-    conn.prepare_cached(
+pub(super) fn record_attempt(conn: &dyn Conn, r: &AttemptRecord) -> DbResult<()> {
+    conn.execute(
         "INSERT INTO delivery_attempts (delivery_id, started_at, duration_ms, status_code, exit_code, error, response)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-    )?
-    .execute(params![
+        args![
         r.delivery_id,
         r.started_at,
         r.duration_ms,
@@ -109,19 +109,19 @@ pub(super) fn record_attempt(conn: &Connection, r: &AttemptRecord) -> rusqlite::
         r.exit_code,
         r.error,
         r.response,
-    ])?;
+    ],
+    )?;
     let (status, next_at, delivered_at) = match &r.next {
         NextStep::Delivered => ("delivered", None, Some(r.finished_at.as_str())),
         NextStep::RetryAt(at) => ("pending", Some(at.as_str()), None),
         NextStep::Dead => ("dead", None, None),
     };
-    let updated = conn.prepare_cached(
+    let updated = conn.execute(
         "UPDATE deliveries SET status = ?1, attempts = attempts + 1, retry_step = retry_step + 1,
             next_attempt_at = COALESCE(?2, next_attempt_at), delivered_at = COALESCE(?3, delivered_at),
             last_error = ?4, last_status_code = ?5, last_attempt_at = ?6
          WHERE id = ?7 AND status = 'pending'",
-    )?
-    .execute(params![
+        args![
         status,
         next_at,
         delivered_at,
@@ -129,17 +129,18 @@ pub(super) fn record_attempt(conn: &Connection, r: &AttemptRecord) -> rusqlite::
         r.status_code.or(r.exit_code),
         r.started_at,
         r.delivery_id,
-    ])?;
+    ],
+    )?;
     if updated == 1 && !matches!(r.next, NextStep::RetryAt(_)) {
         // The head is done with: the next delivery of its job is due.
-        conn.prepare_cached(
+        conn.execute(
             "UPDATE deliveries SET next_attempt_at = ?1
              WHERE next_attempt_at = ?3 AND id = (
                 SELECT w.id FROM deliveries d
                 JOIN deliveries w ON w.sink = d.sink AND w.finetune_id = d.finetune_id
                 WHERE d.id = ?2 AND w.status = 'pending' ORDER BY w.id LIMIT 1)",
-        )?
-        .execute((&r.finished_at, r.delivery_id, WAITING))?;
+            args![r.finished_at, r.delivery_id, WAITING],
+        )?;
     }
     Ok(())
 }
@@ -148,11 +149,11 @@ pub(super) fn record_attempt(conn: &Connection, r: &AttemptRecord) -> rusqlite::
 /// schedule, in its place in its job's queue: due now when no older
 /// delivery of the job is pending (the later ones then wait behind it),
 /// else waiting its turn. False when it is unknown or already pending.
-pub(super) fn retry(conn: &Connection, id: i64) -> rusqlite::Result<bool> {
+pub(super) fn retry(conn: &dyn Conn, id: i64) -> DbResult<bool> {
     let updated = conn.execute(
         "UPDATE deliveries SET status = 'pending', retry_step = 0, next_attempt_at = ?1
          WHERE id = ?2 AND status IN ('dead', 'delivered')",
-        (crate::time::now_rfc3339(), id),
+        args![crate::time::now_rfc3339(), id],
     )?;
     if updated == 1 {
         // Back in its place in the job's queue: every pending delivery but
@@ -166,7 +167,7 @@ pub(super) fn retry(conn: &Connection, id: i64) -> rusqlite::Result<bool> {
                   AND w.id > (SELECT MIN(x.id) FROM deliveries x
                               WHERE x.sink = d.sink AND x.finetune_id = d.finetune_id
                                 AND x.status = 'pending'))",
-            (id, WAITING),
+            args![id, WAITING],
         )?;
     }
     Ok(updated == 1)
@@ -224,51 +225,76 @@ pub(super) struct ReplayedChunk {
 /// its filter takes); an event with a delivery to the sink still pending
 /// is skipped, so a replay sent again queues nothing twice.
 pub(super) fn replay_chunk(
-    conn: &Connection,
+    conn: &dyn Conn,
     chunk: &ReplayChunk,
     routes: &[SinkRoute],
-) -> rusqlite::Result<ReplayedChunk> {
+) -> DbResult<ReplayedChunk> {
     let Some(route) = routes.iter().find(|r| r.name == chunk.sink) else {
         return Ok(ReplayedChunk::default());
     };
-    // The sink's status filter, as a JSON array (`null` takes every status).
-    let statuses = route.statuses.as_ref().map(|list| {
-        serde_json::Value::from(list.iter().map(Status::as_str).collect::<Vec<_>>()).to_string()
-    });
-    let kinds =
-        serde_json::Value::from(route.events.iter().map(|k| k.as_str()).collect::<Vec<_>>())
-            .to_string();
-    const EVENTS: &str = "FROM events
+    // The sink's filters, written into the SQL as lists of placeholders
+    // (`?5` onwards), the same statement on every database.
+    let statuses: Vec<&str> = route
+        .statuses
+        .iter()
+        .flatten()
+        .map(Status::as_str)
+        .collect();
+    let kinds: Vec<&str> = route.events.iter().map(|k| k.as_str()).collect();
+    let list = |from: usize, n: usize| {
+        (from..from + n)
+            .map(|i| format!("?{i}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let status_filter = match &route.statuses {
+        None => String::new(),
+        Some(_) if statuses.is_empty() => " AND false".to_owned(),
+        Some(_) => format!(" AND status IN ({})", list(5, statuses.len())),
+    };
+    let kind_filter = if kinds.is_empty() {
+        " AND false".to_owned()
+    } else {
+        format!(" AND type IN ({})", list(5 + statuses.len(), kinds.len()))
+    };
+    let limit_at = 5 + statuses.len() + kinds.len();
+    let events_sql = format!(
+        "FROM events
          WHERE (observed_at, id) > (?1, ?2) AND observed_at <= ?3
-           AND (?4 IS NULL OR finetune_id = ?4)
-           AND (?5 IS NULL OR status IN (SELECT value FROM json_each(?5)))
-           AND type IN (SELECT value FROM json_each(?6))
-         ORDER BY observed_at, id";
+           AND (?4 IS NULL OR finetune_id = ?4){status_filter}{kind_filter}
+         ORDER BY observed_at, id LIMIT ?{limit_at}"
+    );
+    let bind = |since: &(String, i64), until: &str, limit: u32| -> Vec<Arg<'static>> {
+        let mut values = vec![
+            since.0.to_arg().into_owned(),
+            since.1.to_arg().into_owned(),
+            until.to_arg().into_owned(),
+            chunk.finetune_id.to_arg().into_owned(),
+        ];
+        values.extend(statuses.iter().map(|s| s.to_arg().into_owned()));
+        values.extend(kinds.iter().map(|k| k.to_arg().into_owned()));
+        values.push(limit.to_arg().into_owned());
+        values
+    };
     let events: Vec<(i64, String, String, String)> = conn
-        .prepare_cached(&format!(
-            "SELECT id, event_id, finetune_id, observed_at {EVENTS} LIMIT ?7"
-        ))?
-        .query_map(
-            params![
-                chunk.after.0,
-                chunk.after.1,
-                chunk.until,
-                chunk.finetune_id,
-                statuses,
-                kinds,
-                chunk.limit
-            ],
-            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
+        .query(
+            &format!("SELECT id, event_id, finetune_id, observed_at {events_sql}"),
+            &bind(&chunk.after, &chunk.until, chunk.limit),
         )?
-        .collect::<rusqlite::Result<_>>()?;
+        .into_iter()
+        .map(|row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)))
+        .collect::<DbResult<_>>()?;
     let now = crate::time::now_rfc3339();
     let mut done = ReplayedChunk::default();
-    let mut pending = conn.prepare_cached(
-        "SELECT EXISTS (SELECT 1 FROM deliveries
-            WHERE sink = ?1 AND finetune_id = ?2 AND status = 'pending' AND event_id = ?3)",
-    )?;
     for (id, event_id, finetune_id, observed_at) in events {
-        if pending.query_row((&route.name, &finetune_id, &event_id), |row| row.get(0))? {
+        let pending: bool = conn
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM deliveries
+                    WHERE sink = ?1 AND finetune_id = ?2 AND status = 'pending' AND event_id = ?3)",
+                args![route.name, finetune_id, event_id],
+            )?
+            .get(0)?;
+        if pending {
             done.skipped += 1;
         } else {
             // Each job's events queue in order: the first is due unless the
@@ -285,12 +311,12 @@ pub(super) fn replay_chunk(
     }
     let from = done.last.clone().unwrap_or_else(|| chunk.after.clone());
     done.next = conn
-        .prepare_cached(&format!("SELECT observed_at, id {EVENTS} LIMIT 1"))?
-        .query_row(
-            params![from.0, from.1, WAITING, chunk.finetune_id, statuses, kinds],
-            |row| Ok((row.get(0)?, row.get(1)?)),
-        )
-        .optional()?;
+        .query_opt(
+            &format!("SELECT observed_at, id {events_sql}"),
+            &bind(&from, WAITING, 1),
+        )?
+        .map(|row| Ok::<_, super::sql::DbError>((row.get(0)?, row.get(1)?)))
+        .transpose()?;
     Ok(done)
 }
 
@@ -422,7 +448,7 @@ impl Store {
         now: &str,
         limit: u32,
     ) -> Result<Vec<DueDelivery>, StoreError> {
-        Ok(sqlx::query_as(
+        Ok(query(
             "SELECT d.id, d.event_id, d.finetune_id, d.retry_step, e.body AS event,
                     e.type AS event_type, e.status AS to_status, e.previous_status AS from_status
              FROM deliveries d JOIN events e ON e.event_id = d.event_id
@@ -435,7 +461,7 @@ impl Store {
         )
         .bind(sink)
         .bind(now)
-        .bind(i64::from(limit))
+        .bind_owned(limit)
         .fetch_all(&self.reads)
         .await?)
     }
@@ -446,14 +472,14 @@ impl Store {
         sink: &str,
         now: &str,
     ) -> Result<Option<String>, StoreError> {
-        Ok(sqlx::query_scalar(
+        Ok(query(
             "SELECT MIN(next_attempt_at) FROM deliveries
              WHERE sink = ? AND status = 'pending' AND next_attempt_at > ? AND next_attempt_at < ?",
         )
         .bind(sink)
         .bind(now)
         .bind(WAITING)
-        .fetch_one(&self.reads)
+        .scalar(&self.reads)
         .await?)
     }
 
@@ -461,7 +487,7 @@ impl Store {
         &self,
         filter: &DeliveryFilter,
     ) -> Result<(Vec<DeliveryRow>, Option<i64>), StoreError> {
-        let mut query = QueryBuilder::<Sqlite>::new(format!(
+        let mut query = query(format!(
             "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE 1 = 1"
         ));
         if let Some(status) = &filter.status {
@@ -479,7 +505,7 @@ impl Store {
         query
             .push(" ORDER BY id DESC LIMIT ")
             .push_bind(i64::from(filter.limit) + 1);
-        let mut rows: Vec<DeliveryRow> = query.build_query_as().fetch_all(&self.reads).await?;
+        let mut rows: Vec<DeliveryRow> = query.fetch_all(&self.reads).await?;
         let next = if rows.len() > filter.limit as usize {
             rows.truncate(filter.limit as usize);
             rows.last().map(|r| r.id)
@@ -491,18 +517,15 @@ impl Store {
 
     pub async fn delivery(&self, id: i64) -> Result<Option<DeliveryRow>, StoreError> {
         let sql = format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE id = ?");
-        Ok(sqlx::query_as(&sql)
-            .bind(id)
-            .fetch_optional(&self.reads)
-            .await?)
+        Ok(query(sql).bind(&id).fetch_optional(&self.reads).await?)
     }
 
     pub async fn attempts(&self, delivery_id: i64) -> Result<Vec<AttemptRow>, StoreError> {
-        Ok(sqlx::query_as(
+        Ok(query(
             "SELECT started_at, duration_ms, status_code, exit_code, error, response
              FROM delivery_attempts WHERE delivery_id = ? ORDER BY id",
         )
-        .bind(delivery_id)
+        .bind(&delivery_id)
         .fetch_all(&self.reads)
         .await?)
     }
@@ -525,20 +548,20 @@ impl Store {
         let mut health = BTreeMap::new();
         for &sink in sinks {
             let (pending, dead) = counts.get(sink).copied().unwrap_or_default();
-            let last_success: Option<String> = sqlx::query_scalar(
+            let last_success: Option<String> = query(
                 "SELECT MAX(delivered_at) FROM deliveries WHERE sink = ? AND status = 'delivered'",
             )
             .bind(sink)
-            .fetch_one(&self.reads)
+            .scalar(&self.reads)
             .await?;
-            let last_failure: Option<String> = sqlx::query_scalar(
+            let last_failure: Option<String> = query(
                 "SELECT a.started_at FROM delivery_attempts a
                  JOIN deliveries d ON d.id = a.delivery_id
                  WHERE a.error IS NOT NULL AND d.sink = ?
                  ORDER BY a.started_at DESC LIMIT 1",
             )
             .bind(sink)
-            .fetch_optional(&self.reads)
+            .scalar_optional(&self.reads)
             .await?;
             health.insert(
                 sink.to_owned(),
@@ -558,7 +581,7 @@ impl Store {
         &self,
         finetune_id: &str,
     ) -> Result<Vec<TransitionDelivery>, StoreError> {
-        Ok(sqlx::query_as(
+        Ok(query(
             "SELECT event_id, id, sink, status, attempts FROM deliveries WHERE finetune_id = ? ORDER BY id",
         )
         .bind(finetune_id)
@@ -570,13 +593,14 @@ impl Store {
 /// The per-sink counts of pending and dead deliveries. The `status <>
 /// 'delivered'` term is the index's own condition, word for word, which is
 /// what lets SQLite use that partial index.
-pub(super) const OUTBOX_COUNTS: &str = "SELECT sink, SUM(status = 'pending'), SUM(status = 'dead')
+pub(super) const OUTBOX_COUNTS: &str = "SELECT sink,
+        COUNT(*) FILTER (WHERE status = 'pending'), COUNT(*) FILTER (WHERE status = 'dead')
      FROM deliveries WHERE status <> 'delivered' GROUP BY sink";
 
 pub(super) async fn outbox_counts_on(
-    pool: &sqlx::SqlitePool,
+    pool: &Pool,
 ) -> Result<BTreeMap<String, (i64, i64)>, StoreError> {
-    let rows: Vec<(String, i64, i64)> = sqlx::query_as(OUTBOX_COUNTS).fetch_all(pool).await?;
+    let rows: Vec<(String, i64, i64)> = query(OUTBOX_COUNTS).fetch_all(pool).await?;
     Ok(rows
         .into_iter()
         .map(|(sink, pending, dead)| (sink, (pending, dead)))
@@ -591,6 +615,7 @@ mod tests {
 
     use super::*;
     use proptest::prelude::*;
+    use rusqlite::Connection;
 
     const JOBS: [&str; 3] = ["a", "b", "c"];
     const NOW: &str = "2026-01-01T00:00:00.000000Z";
@@ -630,7 +655,7 @@ mod tests {
 
     fn database() -> Connection {
         let conn = Connection::open_in_memory().expect("a database");
-        for migration in super::super::MIGRATOR.iter() {
+        for migration in super::super::sqlite::MIGRATOR.iter() {
             conn.execute_batch(&migration.sql)
                 .expect("the migrations apply");
         }

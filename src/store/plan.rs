@@ -9,13 +9,13 @@
 //! and ends in a [`Plan`] of rows for the backend to write, so what a batch
 //! writes is decided here once, whatever the database.
 
+use super::sql::{Conn, DbResult};
 use super::{
     events::{self, NewEvent},
     jobs::{self, NewTransition},
     outbox::{self, NewDelivery, SinkRoute},
 };
 use crate::domain::{Decision, Effect, Job, Observation, event, event::EventType, observe};
-use rusqlite::Connection;
 use std::collections::{BTreeSet, HashMap};
 
 /// The rows a batch of observations writes.
@@ -29,7 +29,7 @@ pub(super) struct Plan {
 
 impl Plan {
     /// Writes the plan on the writer's connection (deliveries due `now`).
-    pub fn write(&self, conn: &Connection, now: &str) -> rusqlite::Result<()> {
+    pub fn write(&self, conn: &dyn Conn, now: &str) -> DbResult<()> {
         let changed: Vec<&Job> = self.jobs.iter().collect();
         jobs::upsert(conn, &changed)?;
         jobs::insert_transitions(conn, &self.transitions)?;
@@ -73,10 +73,10 @@ impl<'r> Planner<'r> {
 
     /// Loads the jobs with these ids from the writer's connection.
     pub fn load(
-        conn: &Connection,
+        conn: &dyn Conn,
         ids: &BTreeSet<&str>,
         routes: &'r [SinkRoute],
-    ) -> rusqlite::Result<Planner<'r>> {
+    ) -> DbResult<Planner<'r>> {
         Ok(Planner::new(jobs::load(conn, ids)?, routes))
     }
 
@@ -185,7 +185,7 @@ impl<'r> Planner<'r> {
     }
 
     /// Writes what [`Planner::finish`] gives (deliveries due `now`).
-    pub fn write(self, conn: &Connection, now: &str) -> rusqlite::Result<()> {
+    pub fn write(self, conn: &dyn Conn, now: &str) -> DbResult<()> {
         self.finish().write(conn, now)
     }
 }

@@ -12,8 +12,10 @@
 //! receipts holding at most [`PRUNE_BYTES`] of bodies), so a webhook queued
 //! behind it waits a few milliseconds, not for a whole year of history.
 
-use super::{Store, StoreError};
-use rusqlite::{Connection, params};
+use super::{
+    Store, StoreError,
+    sql::{Conn, DbError, DbResult, args, query},
+};
 use serde::{Deserialize, Serialize};
 
 /// Rows of each kind one step removes at most.
@@ -74,7 +76,7 @@ const OLD_ATTEMPTS: &str =
     "SELECT id FROM delivery_attempts WHERE started_at < ?1 ORDER BY started_at LIMIT ?2";
 /// Receipts older than ?1, oldest first, with their bodies' sizes (read
 /// from the record header, not the body).
-const OLD_RECEIPTS: &str = "SELECT id, length(body) FROM receipts
+const OLD_RECEIPTS: &str = "SELECT id, CAST(length(body) AS BIGINT) FROM receipts
     WHERE received_at < ?1 AND NOT EXISTS (SELECT 1 FROM confirmations c WHERE c.receipt_id = receipts.id)
     ORDER BY received_at LIMIT ?2";
 
@@ -90,38 +92,35 @@ const PREVIEW: &str = "SELECT
     (SELECT COUNT(*) FROM deliveries WHERE ?3 IS NOT NULL AND status = 'delivered' AND delivered_at < ?3)";
 
 /// One step: removes the oldest batch of each kind the cutoffs name.
-pub(super) fn step(conn: &Connection, cutoffs: &PruneCutoffs) -> rusqlite::Result<PruneStep> {
+pub(super) fn step(conn: &dyn Conn, cutoffs: &PruneCutoffs) -> DbResult<PruneStep> {
     let mut done = PruneStep::default();
     if let Some(before) = &cutoffs.delivered {
         let ids = ids(conn, OLD_DELIVERED, before)?;
         done.more |= ids.len() as i64 >= PRUNE_ROWS;
-        let mut attempts =
-            conn.prepare_cached("DELETE FROM delivery_attempts WHERE delivery_id = ?1")?;
-        let mut delivery = conn.prepare_cached("DELETE FROM deliveries WHERE id = ?1")?;
         for id in ids {
-            done.removed.attempts += attempts.execute([id])? as u64;
-            done.removed.delivered += delivery.execute([id])? as u64;
+            done.removed.attempts += conn.execute(
+                "DELETE FROM delivery_attempts WHERE delivery_id = ?1",
+                args![id],
+            )?;
+            done.removed.delivered +=
+                conn.execute("DELETE FROM deliveries WHERE id = ?1", args![id])?;
         }
     }
     if let Some(before) = &cutoffs.attempts {
         let ids = ids(conn, OLD_ATTEMPTS, before)?;
         done.more |= ids.len() as i64 >= PRUNE_ROWS;
-        let mut attempt = conn.prepare_cached("DELETE FROM delivery_attempts WHERE id = ?1")?;
         for id in ids {
-            done.removed.attempts += attempt.execute([id])? as u64;
+            done.removed.attempts +=
+                conn.execute("DELETE FROM delivery_attempts WHERE id = ?1", args![id])?;
         }
     }
     if let Some(before) = &cutoffs.receipts {
         let found: Vec<(i64, i64)> = conn
-            .prepare_cached(OLD_RECEIPTS)?
-            .query_map(params![before, PRUNE_ROWS], |row| {
-                Ok((row.get(0)?, row.get(1)?))
-            })?
-            .collect::<rusqlite::Result<_>>()?;
+            .query(OLD_RECEIPTS, args![before, PRUNE_ROWS])?
+            .into_iter()
+            .map(|row| Ok((row.get(0)?, row.get(1)?)))
+            .collect::<DbResult<_>>()?;
         done.more |= found.len() as i64 >= PRUNE_ROWS;
-        let mut unlink =
-            conn.prepare_cached("UPDATE transitions SET receipt_id = NULL WHERE receipt_id = ?1")?;
-        let mut receipt = conn.prepare_cached("DELETE FROM receipts WHERE id = ?1")?;
         let mut bytes = 0;
         for (id, size) in found {
             if bytes > 0 && bytes + size > PRUNE_BYTES {
@@ -129,27 +128,31 @@ pub(super) fn step(conn: &Connection, cutoffs: &PruneCutoffs) -> rusqlite::Resul
                 break;
             }
             bytes += size;
-            unlink.execute([id])?;
-            done.removed.receipts += receipt.execute([id])? as u64;
+            conn.execute(
+                "UPDATE transitions SET receipt_id = NULL WHERE receipt_id = ?1",
+                args![id],
+            )?;
+            done.removed.receipts +=
+                conn.execute("DELETE FROM receipts WHERE id = ?1", args![id])?;
         }
     }
     Ok(done)
 }
 
-fn ids(conn: &Connection, sql: &str, before: &str) -> rusqlite::Result<Vec<i64>> {
-    conn.prepare_cached(sql)?
-        .query_map(params![before, PRUNE_ROWS], |row| row.get(0))?
+fn ids(conn: &dyn Conn, sql: &str, before: &str) -> DbResult<Vec<i64>> {
+    conn.query(sql, args![before, PRUNE_ROWS])?
+        .into_iter()
+        .map(|row| row.get(0))
         .collect()
 }
 
 /// Keeps the report of the last prune.
-pub(super) fn record(conn: &Connection, report: &PruneReport) -> rusqlite::Result<()> {
-    let value = serde_json::to_string(report)
-        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+pub(super) fn record(conn: &dyn Conn, report: &PruneReport) -> DbResult<()> {
+    let value = serde_json::to_string(report).map_err(|e| DbError::unavailable(e.to_string()))?;
     conn.execute(
         "INSERT INTO settings (key, value) VALUES (?1, ?2)
          ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        (LAST_PRUNE_KEY, value),
+        args![LAST_PRUNE_KEY, value],
     )?;
     Ok(())
 }
@@ -170,7 +173,7 @@ impl Store {
 
     /// What a prune with these cutoffs would remove now; reads only.
     pub async fn prune_preview(&self, cutoffs: &PruneCutoffs) -> Result<PruneCounts, StoreError> {
-        let (receipts, attempts, delivered): (i64, i64, i64) = sqlx::query_as(PREVIEW)
+        let (receipts, attempts, delivered): (i64, i64, i64) = query(PREVIEW)
             .bind(&cutoffs.receipts)
             .bind(&cutoffs.attempts)
             .bind(&cutoffs.delivered)
@@ -185,30 +188,18 @@ impl Store {
 
     /// The last prune, by this process or another.
     pub async fn last_prune(&self) -> Result<Option<PruneReport>, StoreError> {
-        let value: Option<String> = sqlx::query_scalar("SELECT value FROM settings WHERE key = ?")
+        let value: Option<String> = query("SELECT value FROM settings WHERE key = ?")
             .bind(LAST_PRUNE_KEY)
-            .fetch_optional(&self.reads)
+            .scalar_optional(&self.reads)
             .await?;
         Ok(value.and_then(|v| serde_json::from_str(&v).ok()))
-    }
-
-    /// The database's size on disk: its pages, plus the write-ahead log.
-    pub async fn database_bytes(&self) -> Result<u64, StoreError> {
-        let pages: i64 = sqlx::query_scalar(
-            "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",
-        )
-        .fetch_one(&self.reads)
-        .await?;
-        let mut wal = self.file.as_os_str().to_owned();
-        wal.push("-wal");
-        let wal = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
-        Ok(pages.max(0) as u64 + wal)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rusqlite::{Connection, params};
 
     const OLD: &str = "2025-01-01T00:00:00.000000Z";
     const NEW: &str = "2026-06-01T00:00:00.000000Z";
@@ -217,7 +208,7 @@ mod tests {
     fn database() -> Connection {
         let conn = Connection::open_in_memory().expect("a database");
         conn.pragma_update(None, "foreign_keys", true).expect("fk");
-        for migration in super::super::MIGRATOR.iter() {
+        for migration in super::super::sqlite::MIGRATOR.iter() {
             conn.execute_batch(&migration.sql)
                 .expect("the migrations apply");
         }

@@ -1,7 +1,8 @@
 //! Reads for the API, on the read-only pool.
 
-use super::{DriftRow, JobRow, JobsPage, ReceiptRow, Store, StoreError, TransitionRow, UpdateRow};
-use sqlx::{QueryBuilder, Sqlite};
+use super::{
+    DriftRow, JobRow, JobsPage, ReceiptRow, Store, StoreError, TransitionRow, UpdateRow, sql::query,
+};
 
 pub(super) const JOB_COLUMNS: &str =
     "finetune_id, name, status, base_model, slug, trained_model_url,
@@ -35,7 +36,7 @@ pub struct JobFilter {
 pub const RECEIPT_LIST_BODY_BYTES: i64 = 4096;
 
 const RECEIPT_COLUMNS: &str = "id, received_at, body_sha256, headers, outcome, finetune_id, status, event_id, error, confirmation,
-    length(body) AS body_bytes";
+    CAST(length(body) AS BIGINT) AS body_bytes";
 
 /// Which receipts to list: newest first, older than `before_id`.
 #[derive(Debug, Clone, Default)]
@@ -48,7 +49,7 @@ pub struct ReceiptFilter {
 impl Store {
     pub async fn job(&self, finetune_id: &str) -> Result<Option<JobRow>, StoreError> {
         let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE finetune_id = ?");
-        Ok(sqlx::query_as(&sql)
+        Ok(query(sql)
             .bind(finetune_id)
             .fetch_optional(&self.reads)
             .await?)
@@ -56,7 +57,7 @@ impl Store {
 
     /// A job's transitions, oldest first.
     pub async fn transitions(&self, finetune_id: &str) -> Result<Vec<TransitionRow>, StoreError> {
-        Ok(sqlx::query_as(
+        Ok(query(
             "SELECT event_id AS id, from_status, to_status, source, observed_at, receipt_id
              FROM transitions WHERE finetune_id = ? ORDER BY transitions.id",
         )
@@ -71,7 +72,7 @@ impl Store {
         &self,
         finetune_id: &str,
     ) -> Result<(Option<String>, Option<String>, Option<String>), StoreError> {
-        Ok(sqlx::query_as(
+        Ok(query(
             "SELECT segmind_status, webhook_status,
                 (SELECT seen_at FROM segmind_sightings s WHERE s.finetune_id = jobs.finetune_id)
              FROM jobs WHERE finetune_id = ?",
@@ -84,7 +85,7 @@ impl Store {
 
     /// A job's `finetune.updated` events, oldest first.
     pub async fn updates(&self, finetune_id: &str) -> Result<Vec<UpdateRow>, StoreError> {
-        let rows: Vec<(String, String, Option<String>, String, String)> = sqlx::query_as(
+        let rows: Vec<(String, String, Option<String>, String, String)> = query(
             "SELECT event_id, status, changed, source, observed_at FROM events
              WHERE finetune_id = ? AND type = 'finetune.updated' ORDER BY id",
         )
@@ -106,8 +107,7 @@ impl Store {
     }
 
     pub async fn jobs(&self, filter: &JobFilter) -> Result<JobsPage, StoreError> {
-        let mut query: QueryBuilder<Sqlite> =
-            QueryBuilder::new(format!("SELECT {JOB_COLUMNS} FROM jobs WHERE 1 = 1"));
+        let mut query = query(format!("SELECT {JOB_COLUMNS} FROM jobs WHERE 1 = 1"));
         if let Some(status) = &filter.status {
             query.push(" AND status = ").push_bind(status);
         }
@@ -122,7 +122,7 @@ impl Store {
         query
             .push(" ORDER BY updated_at DESC, finetune_id DESC LIMIT ")
             .push_bind(i64::from(filter.limit) + 1);
-        let mut jobs: Vec<JobRow> = query.build_query_as().fetch_all(&self.reads).await?;
+        let mut jobs: Vec<JobRow> = query.fetch_all(&self.reads).await?;
         let next = if jobs.len() > filter.limit as usize {
             jobs.truncate(filter.limit as usize);
             jobs.last()
@@ -141,13 +141,10 @@ impl Store {
                 (SELECT seen_at FROM segmind_sightings s WHERE s.finetune_id = jobs.finetune_id)
                     AS segmind_seen_at
              FROM jobs
-             WHERE segmind_status IS NOT NULL AND segmind_status IS NOT webhook_status
+             WHERE segmind_status IS NOT NULL AND segmind_status IS DISTINCT FROM webhook_status
              ORDER BY updated_at DESC, finetune_id DESC LIMIT ?"
         );
-        Ok(sqlx::query_as(&sql)
-            .bind(i64::from(limit))
-            .fetch_all(&self.reads)
-            .await?)
+        Ok(query(sql).bind_owned(limit).fetch_all(&self.reads).await?)
     }
 
     /// What `/metrics` shows of the stored state: jobs per status and
@@ -155,9 +152,7 @@ impl Store {
     /// on a connection of its own so scrapes never wait for (or hold up) the
     /// pool the delivery workers and the API share.
     pub async fn gauges(&self) -> Result<Gauges, StoreError> {
-        let jobs_by_status = sqlx::query_as(JOBS_BY_STATUS)
-            .fetch_all(&self.gauges)
-            .await?;
+        let jobs_by_status = query(JOBS_BY_STATUS).fetch_all(&self.gauges).await?;
         let outbox = super::outbox::outbox_counts_on(&self.gauges).await?;
         Ok(Gauges {
             jobs_by_status,
@@ -168,7 +163,7 @@ impl Store {
     /// Ids of the jobs not in a terminal status whose details may be asked
     /// for at `now` (not waiting after a 404, not forgotten).
     pub async fn unfinished_job_ids(&self, now: &str) -> Result<Vec<String>, StoreError> {
-        Ok(sqlx::query_scalar(
+        Ok(query(
             "SELECT finetune_id FROM jobs
              WHERE status_rank < 100
                AND NOT EXISTS (SELECT 1 FROM segmind_sightings s
@@ -176,7 +171,7 @@ impl Store {
              ORDER BY finetune_id",
         )
         .bind(now)
-        .fetch_all(&self.reads)
+        .scalars(&self.reads)
         .await?)
     }
 
@@ -186,7 +181,7 @@ impl Store {
     ) -> Result<(Vec<ReceiptRow>, Option<i64>), StoreError> {
         // Only the start of each body is read: SQLite reads a blob's length
         // from the record header, and `substr` stops at the prefix.
-        let mut query: QueryBuilder<Sqlite> = QueryBuilder::new(format!(
+        let mut query = query(format!(
             "SELECT {RECEIPT_COLUMNS}, substr(body, 1, {RECEIPT_LIST_BODY_BYTES}) AS body
              FROM receipts WHERE 1 = 1"
         ));
@@ -199,7 +194,7 @@ impl Store {
         query
             .push(" ORDER BY id DESC LIMIT ")
             .push_bind(i64::from(filter.limit) + 1);
-        let mut receipts: Vec<ReceiptRow> = query.build_query_as().fetch_all(&self.reads).await?;
+        let mut receipts: Vec<ReceiptRow> = query.fetch_all(&self.reads).await?;
         let next = if receipts.len() > filter.limit as usize {
             receipts.truncate(filter.limit as usize);
             receipts.last().map(|r| r.id)
@@ -212,10 +207,7 @@ impl Store {
     /// One receipt with its whole body.
     pub async fn receipt(&self, id: i64) -> Result<Option<ReceiptRow>, StoreError> {
         let sql = format!("SELECT {RECEIPT_COLUMNS}, body FROM receipts WHERE id = ?");
-        Ok(sqlx::query_as(&sql)
-            .bind(id)
-            .fetch_optional(&self.reads)
-            .await?)
+        Ok(query(sql).bind(&id).fetch_optional(&self.reads).await?)
     }
 }
 
@@ -224,7 +216,7 @@ mod tests {
     //! The gauges of `/metrics` must stay cheap however many deliveries
     //! have been made: their queries read indexes, never the tables.
 
-    use super::{super::MIGRATOR, JOBS_BY_STATUS};
+    use super::{super::sqlite::MIGRATOR, JOBS_BY_STATUS};
     use crate::store::outbox::OUTBOX_COUNTS;
     use sqlx::{Connection, SqliteConnection};
 

@@ -5,12 +5,15 @@
 //! one narrow row per job, so a pass in which nothing changed writes no job
 //! row.
 
-use super::{outbox::SinkRoute, plan::Planner};
+use super::{
+    outbox::SinkRoute,
+    plan::Planner,
+    sql::{Conn, DbResult, args},
+};
 use crate::{
     domain::{Decision, JobFields, Observation, Source, Status},
     time::now_rfc3339,
 };
-use rusqlite::{Connection, OptionalExtension};
 use std::collections::BTreeSet;
 
 /// One job as Segmind's API described it.
@@ -53,10 +56,10 @@ pub struct ReconcileSummary {
 }
 
 pub(super) fn apply(
-    conn: &Connection,
+    conn: &dyn Conn,
     report: &RemoteReport,
     routes: &[SinkRoute],
-) -> rusqlite::Result<ReconcileSummary> {
+) -> DbResult<ReconcileSummary> {
     let observations = &report.observations;
     let ids: BTreeSet<&str> = observations
         .iter()
@@ -93,20 +96,17 @@ pub(super) fn apply(
     Ok(summary)
 }
 
-/// Records that Segmind's API reported these jobs at `now`: one statement
-/// over narrow rows, whatever the number of jobs.
-pub(super) fn record_sightings(conn: &Connection, ids: &[&str], now: &str) -> rusqlite::Result<()> {
-    if ids.is_empty() {
-        return Ok(());
+/// Records that Segmind's API reported these jobs at `now`: narrow rows,
+/// one each.
+pub(super) fn record_sightings(conn: &dyn Conn, ids: &[&str], now: &str) -> DbResult<()> {
+    for id in ids {
+        conn.execute(
+            "INSERT INTO segmind_sightings (finetune_id, seen_at) VALUES (?1, ?2)
+             ON CONFLICT (finetune_id) DO UPDATE SET seen_at = excluded.seen_at,
+                missing_since = NULL, misses = 0, next_details_at = NULL",
+            args![id, now],
+        )?;
     }
-    let ids = serde_json::Value::from(ids.to_vec()).to_string();
-    conn.prepare_cached(
-        "INSERT INTO segmind_sightings (finetune_id, seen_at)
-         SELECT value, ?1 FROM json_each(?2) WHERE true
-         ON CONFLICT (finetune_id) DO UPDATE SET seen_at = excluded.seen_at,
-            missing_since = NULL, misses = 0, next_details_at = NULL",
-    )?
-    .execute((now, ids))?;
     Ok(())
 }
 
@@ -116,24 +116,24 @@ pub(super) fn record_sightings(conn: &Connection, ids: &[&str], now: &str) -> ru
 /// shows `segmind_status: NOT_FOUND` and is not asked about again. Returns
 /// how many ids were forgotten.
 fn record_misses(
-    conn: &Connection,
+    conn: &dyn Conn,
     ids: &[String],
     forget_after: std::time::Duration,
     now: &str,
-) -> rusqlite::Result<usize> {
+) -> DbResult<usize> {
     let now_at = chrono::DateTime::parse_from_rfc3339(now)
         .map(|t| t.with_timezone(&chrono::Utc))
         .unwrap_or_else(|_| chrono::Utc::now());
     let forget_after = chrono::Duration::from_std(forget_after).unwrap_or(chrono::Duration::MAX);
     let mut forgotten = 0;
     for id in ids {
-        let (missing_since, misses): (Option<String>, i64) = conn
-            .prepare_cached(
-                "SELECT missing_since, misses FROM segmind_sightings WHERE finetune_id = ?1",
-            )?
-            .query_row([id], |row| Ok((row.get(0)?, row.get(1)?)))
-            .optional()?
-            .unwrap_or((None, 0));
+        let (missing_since, misses): (Option<String>, i64) = match conn.query_opt(
+            "SELECT missing_since, misses FROM segmind_sightings WHERE finetune_id = ?1",
+            args![id],
+        )? {
+            Some(row) => (row.get(0)?, row.get(1)?),
+            None => (None, 0),
+        };
         let since = missing_since
             .as_deref()
             .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
@@ -144,11 +144,11 @@ fn record_misses(
             .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC);
         let next = if now_at >= forget_at {
             forgotten += 1;
-            conn.prepare_cached(
+            conn.execute(
                 "UPDATE jobs SET segmind_status = ?1 WHERE finetune_id = ?2
-                   AND segmind_status IS NOT ?1",
-            )?
-            .execute((NOT_FOUND, id))?;
+                   AND segmind_status IS DISTINCT FROM ?1",
+                args![NOT_FOUND, id],
+            )?;
             super::outbox::WAITING.to_owned()
         } else {
             let wait = FIRST_MISS_WAIT
@@ -156,14 +156,14 @@ fn record_misses(
                 .min(LONGEST_MISS_WAIT);
             crate::time::rfc3339((now_at + chrono::Duration::seconds(wait)).min(forget_at))
         };
-        conn.prepare_cached(
+        conn.execute(
             "INSERT INTO segmind_sightings (finetune_id, missing_since, misses, next_details_at)
              VALUES (?1, ?2, 1, ?3)
              ON CONFLICT (finetune_id) DO UPDATE SET
-                missing_since = COALESCE(missing_since, excluded.missing_since),
-                misses = misses + 1, next_details_at = excluded.next_details_at",
-        )?
-        .execute((id, crate::time::rfc3339(since), next))?;
+                missing_since = COALESCE(segmind_sightings.missing_since, excluded.missing_since),
+                misses = segmind_sightings.misses + 1, next_details_at = excluded.next_details_at",
+            args![id, crate::time::rfc3339(since), next],
+        )?;
     }
     Ok(forgotten)
 }

@@ -5,8 +5,10 @@
 //! API token, so neither a copy of the database nor a reader of its file
 //! can sign anybody in.
 
-use super::{Store, StoreError, commands};
-use rusqlite::Connection;
+use super::{
+    Store, StoreError, commands,
+    sql::{Conn, DbResult, args, query},
+};
 
 /// A session to open: digests only.
 #[derive(Debug, Clone)]
@@ -18,26 +20,30 @@ pub struct NewSession {
 }
 
 /// Opens `session`, and forgets every session expired by its start.
-pub(super) fn open(conn: &Connection, session: &NewSession) -> rusqlite::Result<()> {
-    conn.prepare_cached("DELETE FROM ui_sessions WHERE expires_at <= ?")?
-        .execute([&session.created_at])?;
-    conn.prepare_cached(
+pub(super) fn open(conn: &dyn Conn, session: &NewSession) -> DbResult<()> {
+    conn.execute(
+        "DELETE FROM ui_sessions WHERE expires_at <= ?",
+        args![session.created_at],
+    )?;
+    conn.execute(
         "INSERT INTO ui_sessions (id_sha256, token_sha256, created_at, expires_at)
          VALUES (?, ?, ?, ?)",
-    )?
-    .execute([
-        &session.id_sha256,
-        &session.token_sha256,
-        &session.created_at,
-        &session.expires_at,
-    ])?;
+        args![
+            session.id_sha256,
+            session.token_sha256,
+            session.created_at,
+            session.expires_at,
+        ],
+    )?;
     Ok(())
 }
 
 /// Ends the session whose cookie digests to `id_sha256`, if it exists.
-pub(super) fn end(conn: &Connection, id_sha256: &str) -> rusqlite::Result<()> {
-    conn.prepare_cached("DELETE FROM ui_sessions WHERE id_sha256 = ?")?
-        .execute([id_sha256])?;
+pub(super) fn end(conn: &dyn Conn, id_sha256: &str) -> DbResult<()> {
+    conn.execute(
+        "DELETE FROM ui_sessions WHERE id_sha256 = ?",
+        args![id_sha256],
+    )?;
     Ok(())
 }
 
@@ -58,15 +64,15 @@ impl Store {
         token_sha256: &str,
         now: &str,
     ) -> Result<bool, StoreError> {
-        let found: Option<i64> = sqlx::query_scalar(
-            "SELECT 1 FROM ui_sessions
+        let found: i64 = query(
+            "SELECT COUNT(*) FROM ui_sessions
              WHERE id_sha256 = ? AND token_sha256 = ? AND expires_at > ?",
         )
         .bind(id_sha256)
         .bind(token_sha256)
         .bind(now)
-        .fetch_optional(&self.reads)
+        .scalar(&self.reads)
         .await?;
-        Ok(found.is_some())
+        Ok(found > 0)
     }
 }

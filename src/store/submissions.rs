@@ -5,12 +5,15 @@
 //! before Segmind is called and completed in the transaction that records
 //! the job, so a retried request cannot pay for a second one.
 
-use super::{outbox::SinkRoute, plan::Planner};
+use super::{
+    outbox::SinkRoute,
+    plan::Planner,
+    sql::{Conn, DbError, DbResult, args},
+};
 use crate::{
     domain::{Decision, JobFields, Observation, Source, Status, finetune_request::SubmitRequest},
     time::now_rfc3339,
 };
-use rusqlite::Connection;
 use std::collections::BTreeSet;
 
 /// A claim older than this without a recorded job is taken for abandoned
@@ -53,10 +56,10 @@ pub enum Claim {
 }
 
 pub(super) fn record(
-    conn: &Connection,
+    conn: &dyn Conn,
     submission: &Submission,
     routes: &[SinkRoute],
-) -> rusqlite::Result<SubmissionResult> {
+) -> DbResult<SubmissionResult> {
     let request = &submission.request;
     let fields = JobFields {
         name: Some(request.name.clone()),
@@ -67,7 +70,8 @@ pub(super) fn record(
         public_model: Some(request.segmind_public),
         ..JobFields::default()
     };
-    let status = Status::parse("REQUESTED").ok_or(rusqlite::Error::InvalidQuery)?;
+    let status = Status::parse("REQUESTED")
+        .ok_or_else(|| DbError::unavailable("REQUESTED is not a status"))?;
     let now = now_rfc3339();
     let planned = observe(
         conn,
@@ -78,8 +82,10 @@ pub(super) fn record(
         routes,
     )?;
     if let Some(key) = &submission.idempotency_key {
-        conn.prepare_cached("UPDATE idempotency_keys SET finetune_id = ?2 WHERE key = ?1")?
-            .execute((key, &submission.finetune_id))?;
+        conn.execute(
+            "UPDATE idempotency_keys SET finetune_id = ?2 WHERE key = ?1",
+            args![key, submission.finetune_id],
+        )?;
     }
     Ok(planned.unwrap_or_default())
 }
@@ -87,11 +93,11 @@ pub(super) fn record(
 /// Records the model's access on a known job; `None` when the job is not
 /// known. Returns the deliveries of the `finetune.updated` event it made.
 pub(super) fn record_access(
-    conn: &Connection,
+    conn: &dyn Conn,
     finetune_id: &str,
     public: bool,
     routes: &[SinkRoute],
-) -> rusqlite::Result<Option<usize>> {
+) -> DbResult<Option<usize>> {
     let fields = JobFields {
         public_model: Some(public),
         ..JobFields::default()
@@ -103,13 +109,13 @@ pub(super) fn record_access(
 /// Runs one observation with source `api` through the planner. Without a
 /// status, the job keeps its own (and must exist: `None` otherwise).
 fn observe(
-    conn: &Connection,
+    conn: &dyn Conn,
     finetune_id: &str,
     status: Option<&Status>,
     fields: &JobFields,
     now: &str,
     routes: &[SinkRoute],
-) -> rusqlite::Result<Option<SubmissionResult>> {
+) -> DbResult<Option<SubmissionResult>> {
     let ids = BTreeSet::from([finetune_id]);
     let mut planner = Planner::load(conn, &ids, routes)?;
     let status = match (status, planner.job(finetune_id)) {
@@ -134,29 +140,29 @@ fn observe(
     }))
 }
 
-pub(super) fn claim(conn: &Connection, key: &str, request_sha256: &str) -> rusqlite::Result<Claim> {
+pub(super) fn claim(conn: &dyn Conn, key: &str, request_sha256: &str) -> DbResult<Claim> {
     let now = now_rfc3339();
     let cutoff = crate::time::rfc3339(
         chrono::Utc::now() - chrono::Duration::seconds(ABANDONED_CLAIM_SECONDS),
     );
     // The primary key decides between two requests racing with one key; an
     // abandoned claim (no job after the cutoff) is taken over.
-    let taken = conn
-        .prepare_cached(
-            "INSERT INTO idempotency_keys (key, request_sha256, claimed_at) VALUES (?1, ?2, ?3)
-             ON CONFLICT (key) DO UPDATE SET request_sha256 = excluded.request_sha256,
-                claimed_at = excluded.claimed_at
-             WHERE idempotency_keys.finetune_id IS NULL AND idempotency_keys.claimed_at < ?4",
-        )?
-        .execute((key, request_sha256, &now, &cutoff))?;
+    let taken = conn.execute(
+        "INSERT INTO idempotency_keys (key, request_sha256, claimed_at) VALUES (?1, ?2, ?3)
+         ON CONFLICT (key) DO UPDATE SET request_sha256 = excluded.request_sha256,
+            claimed_at = excluded.claimed_at
+         WHERE idempotency_keys.finetune_id IS NULL AND idempotency_keys.claimed_at < ?4",
+        args![key, request_sha256, now, cutoff],
+    )?;
     if taken == 1 {
         return Ok(Claim::Fresh);
     }
-    let (sha, finetune_id, response): (String, Option<String>, Option<String>) = conn
-        .prepare_cached(
-            "SELECT request_sha256, finetune_id, response FROM idempotency_keys WHERE key = ?1",
-        )?
-        .query_row([key], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?;
+    let row = conn.query_one(
+        "SELECT request_sha256, finetune_id, response FROM idempotency_keys WHERE key = ?1",
+        args![key],
+    )?;
+    let (sha, finetune_id, response): (String, Option<String>, Option<String>) =
+        (row.get(0)?, row.get(1)?, row.get(2)?);
     Ok(match (sha == request_sha256, finetune_id) {
         (false, _) => Claim::Mismatch,
         (true, Some(finetune_id)) => Claim::Done {
@@ -168,18 +174,20 @@ pub(super) fn claim(conn: &Connection, key: &str, request_sha256: &str) -> rusql
 }
 
 /// Gives up a claim whose request Segmind refused, so a retry asks again.
-pub(super) fn release(conn: &Connection, key: &str) -> rusqlite::Result<()> {
-    conn.prepare_cached("DELETE FROM idempotency_keys WHERE key = ?1 AND finetune_id IS NULL")?
-        .execute([key])?;
+pub(super) fn release(conn: &dyn Conn, key: &str) -> DbResult<()> {
+    conn.execute(
+        "DELETE FROM idempotency_keys WHERE key = ?1 AND finetune_id IS NULL",
+        args![key],
+    )?;
     Ok(())
 }
 
 /// Keeps the answer given, for retries to get the same one.
-pub(super) fn store_answer(conn: &Connection, key: &str, response: &str) -> rusqlite::Result<()> {
-    conn.prepare_cached(
+pub(super) fn store_answer(conn: &dyn Conn, key: &str, response: &str) -> DbResult<()> {
+    conn.execute(
         "UPDATE idempotency_keys SET response = ?2 WHERE key = ?1 AND response IS NULL",
-    )?
-    .execute((key, response))?;
+        args![key, response],
+    )?;
     Ok(())
 }
 
@@ -190,7 +198,9 @@ mod tests {
 
     /// The migrations in order, split at the one that allows source `api`.
     fn migrations() -> (Vec<PathBuf>, PathBuf) {
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("migrations");
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("migrations")
+            .join("sqlite");
         let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
             .expect("the migrations folder")
             .filter_map(|e| e.ok().map(|e| e.path()))

@@ -2,8 +2,8 @@
 //! URL registered in Segmind's console survives restarts, and replaced on
 //! demand when one has leaked.
 
+use super::sql::{Conn, DbResult, args};
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
-use rusqlite::Connection;
 
 /// The generated tokens. Configured tokens, when present, are used instead.
 #[derive(Clone, PartialEq, Eq)]
@@ -75,7 +75,7 @@ impl TokenKind {
     }
 }
 
-pub(super) fn load_or_generate(conn: &Connection) -> rusqlite::Result<Tokens> {
+pub(super) fn load_or_generate(conn: &dyn Conn) -> DbResult<Tokens> {
     Ok(Tokens {
         ingest: load_or_generate_one(conn, TokenKind::Ingest.settings_key())?,
         api: load_or_generate_one(conn, TokenKind::Api.settings_key())?,
@@ -83,12 +83,12 @@ pub(super) fn load_or_generate(conn: &Connection) -> rusqlite::Result<Tokens> {
 }
 
 /// Replaces one generated token with a new random one; answers the new one.
-pub(super) fn rotate(conn: &Connection, kind: TokenKind) -> rusqlite::Result<String> {
+pub(super) fn rotate(conn: &dyn Conn, kind: TokenKind) -> DbResult<String> {
     let token = random_token();
     conn.execute(
         "INSERT INTO settings (key, value) VALUES (?1, ?2)
          ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        (kind.settings_key(), &token),
+        args![kind.settings_key(), token],
     )?;
     Ok(token)
 }
@@ -99,14 +99,13 @@ pub(super) const READ_BOTH: &str = "SELECT
     (SELECT value FROM settings WHERE key = 'ingest_token'),
     (SELECT value FROM settings WHERE key = 'api_token')";
 
-fn load_or_generate_one(conn: &Connection, key: &str) -> rusqlite::Result<String> {
+fn load_or_generate_one(conn: &dyn Conn, key: &str) -> DbResult<String> {
     conn.execute(
         "INSERT INTO settings (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO NOTHING",
-        (key, random_token()),
+        args![key, random_token()],
     )?;
-    conn.query_row("SELECT value FROM settings WHERE key = ?1", [key], |row| {
-        row.get(0)
-    })
+    conn.query_one("SELECT value FROM settings WHERE key = ?1", args![key])?
+        .get(0)
 }
 
 /// 256 random bits, URL-safe base64 without padding (43 characters).
@@ -117,6 +116,7 @@ fn random_token() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rusqlite::Connection;
 
     fn database() -> Connection {
         let conn = Connection::open_in_memory().expect("an in-memory database");

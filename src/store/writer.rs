@@ -21,12 +21,11 @@
 
 use super::{
     StoreError,
-    checkpoint::Checkpointer,
     commands::Command,
     ingest::{self, IngestRequest, IngestResult},
     outbox::SinkRoute,
+    sql::{Conn, DbError, DbErrorKind, DbResult, WriteConn},
 };
-use rusqlite::{Connection, ErrorCode, Transaction};
 use std::{panic::AssertUnwindSafe, sync::Arc};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -62,7 +61,7 @@ impl Request {
 /// command and back.
 trait Queued: Send {
     /// Runs the command, keeping what it answers until the commit.
-    fn run(&mut self, conn: &Connection, routes: &[SinkRoute]) -> rusqlite::Result<()>;
+    fn run(&mut self, conn: &dyn Conn, routes: &[SinkRoute]) -> DbResult<()>;
     /// Keeps `error` as the answer instead.
     fn fail(&mut self, error: StoreError);
     /// Answers the caller, once the batch is committed (or not: `commit`
@@ -78,7 +77,7 @@ struct Call<C: Command> {
 }
 
 impl<C: Command> Queued for Call<C> {
-    fn run(&mut self, conn: &Connection, routes: &[SinkRoute]) -> rusqlite::Result<()> {
+    fn run(&mut self, conn: &dyn Conn, routes: &[SinkRoute]) -> DbResult<()> {
         self.outcome = Ok(self.command.run(conn, routes)?);
         Ok(())
     }
@@ -185,8 +184,7 @@ fn closed() -> StoreError {
 }
 
 struct Writer {
-    conn: Connection,
-    checkpointer: Checkpointer,
+    conn: Box<dyn WriteConn>,
     routes: Arc<Vec<SinkRoute>>,
     /// Bumped after each commit that made deliveries due.
     outbox: watch::Sender<u64>,
@@ -217,8 +215,7 @@ fn panic_after() -> Option<u64> {
 }
 
 pub(super) fn spawn(
-    conn: Connection,
-    checkpointer: Checkpointer,
+    conn: Box<dyn WriteConn>,
     max_batch: usize,
     routes: Arc<Vec<SinkRoute>>,
     outbox: watch::Sender<u64>,
@@ -227,7 +224,6 @@ pub(super) fn spawn(
     let (state_tx, state) = watch::channel(WriterState::Running);
     let writer = Writer {
         conn,
-        checkpointer,
         routes,
         outbox,
         panic_after: panic_after(),
@@ -317,18 +313,8 @@ impl Writer {
         rx.close();
         while rx.try_recv().is_ok() {}
         drop(rx);
-        // Everything is committed: fold the log into the database file, so
-        // that the file alone holds it all once tunehook has stopped.
-        self.checkpointer.stop();
-        if let Err(e) = self
-            .conn
-            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
-        {
-            tracing::warn!(error = %e, "the final checkpoint failed; the log is kept");
-        }
-        if let Err((_, e)) = self.conn.close() {
-            tracing::warn!(error = %e, "closing the database failed");
-        }
+        // Everything is committed.
+        self.conn.close();
         Ok(())
     }
 
@@ -366,19 +352,19 @@ impl Writer {
         let requests: Vec<&IngestRequest> = webhooks.iter().map(|r| r.as_ref()).collect();
         let routes = Arc::clone(&self.routes);
         let (commit, results) = match store_together(
-            &mut self.conn,
+            self.conn.as_mut(),
             &mut commands,
             &requests,
             &routes,
         ) {
             Ok(results) => (Ok(()), results.into_iter().map(Ok).collect()),
-            Err(e) if is_fatal(&e) => {
+            Err(e) if e.kind == DbErrorKind::Fatal => {
                 // Dropping the callers answers every one 503.
                 return Err(format!("the database can no longer be used: {e}"));
             }
             Err(e) => {
                 tracing::warn!(error = %e, requests = commands.len() + requests.len(), "a batch failed as a whole; storing its requests apart");
-                store_apart(&mut self.conn, &mut commands, &requests, &routes)
+                store_apart(self.conn.as_mut(), &mut commands, &requests, &routes)
             }
         };
         let mut deliveries_due = false;
@@ -397,50 +383,33 @@ impl Writer {
     }
 }
 
-/// Errors after which no write can succeed on this connection: a file that
-/// is not (or no longer) a database, or that was moved or deleted under
-/// it. A full disk or a lock held elsewhere is not among them: those pass,
-/// and their webhooks get 503 meanwhile. A fresh start reopens the file.
-fn is_fatal(e: &rusqlite::Error) -> bool {
-    match e {
-        rusqlite::Error::SqliteFailure(failure, _) => {
-            matches!(
-                failure.code,
-                ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase
-            ) || failure.extended_code == rusqlite::ffi::SQLITE_READONLY_DBMOVED
-        }
-        _ => false,
-    }
-}
-
-/// Begins a write transaction, taking the write lock at once. A deferred
-/// one would read first and then fail at its first write, without waiting,
-/// whenever another process (`tunehook prune`, `tunehook tokens`) holds the
-/// lock; taking it up front waits up to `database.busy_timeout` instead.
-fn begin(conn: &mut Connection) -> rusqlite::Result<Transaction<'_>> {
-    conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-}
-
 /// The fast path: every request in one transaction without savepoints
 /// (the commands in turn, then the webhooks together), committed. Any
 /// error rolls the whole batch back, for `store_apart` to redo.
 fn store_together(
-    conn: &mut Connection,
+    conn: &mut dyn WriteConn,
     commands: &mut [Box<dyn Queued>],
     webhooks: &[&IngestRequest],
     routes: &[SinkRoute],
-) -> rusqlite::Result<Vec<IngestResult>> {
-    let tx = begin(conn)?;
-    for command in commands.iter_mut() {
-        command.run(&tx, routes)?;
+) -> DbResult<Vec<IngestResult>> {
+    conn.begin()?;
+    let stored = (|| {
+        for command in commands.iter_mut() {
+            command.run(conn.as_conn(), routes)?;
+        }
+        if webhooks.is_empty() {
+            Ok(Vec::new())
+        } else {
+            ingest::execute_batch(conn.as_conn(), webhooks, routes)
+        }
+    })();
+    match stored.and_then(|results| conn.commit().map(|()| results)) {
+        Ok(results) => Ok(results),
+        Err(e) => {
+            conn.rollback();
+            Err(e)
+        }
     }
-    let results = if webhooks.is_empty() {
-        Vec::new()
-    } else {
-        ingest::execute_batch(&tx, webhooks, routes)?
-    };
-    tx.commit()?;
-    Ok(results)
 }
 
 /// The careful path: each command in a savepoint of its own, then the
@@ -448,32 +417,30 @@ fn store_together(
 /// the requests at fault fail; then one commit, whose outcome every
 /// answer follows.
 fn store_apart(
-    conn: &mut Connection,
+    conn: &mut dyn WriteConn,
     commands: &mut [Box<dyn Queued>],
     webhooks: &[&IngestRequest],
     routes: &[SinkRoute],
 ) -> (Result<(), String>, Vec<Result<IngestResult, StoreError>>) {
-    let mut tx = match begin(conn) {
-        Ok(tx) => tx,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot begin a write transaction; answering 503");
-            let cause = e.to_string();
-            let failed = webhooks
-                .iter()
-                .map(|_| Err(unavailable(cause.clone())))
-                .collect();
-            return (Err(cause), failed);
-        }
-    };
+    if let Err(e) = conn.begin() {
+        tracing::error!(error = %e, "cannot begin a write transaction; answering 503");
+        let cause = e.to_string();
+        let failed = webhooks
+            .iter()
+            .map(|_| Err(unavailable(cause.clone())))
+            .collect();
+        return (Err(cause), failed);
+    }
     for command in commands.iter_mut() {
-        if let Err(failure) = in_savepoint(&mut tx, |conn| command.run(conn, routes)) {
+        if let Err(failure) = in_savepoint(conn, |conn| command.run(conn, routes)) {
             command.fail(failure.into());
         }
     }
-    let results = store_webhooks(&mut tx, webhooks, routes);
-    match tx.commit() {
+    let results = store_webhooks(conn, webhooks, routes);
+    match conn.commit() {
         Ok(()) => (Ok(()), results),
         Err(e) => {
+            conn.rollback();
             tracing::error!(error = %e, requests = commands.len() + webhooks.len(), "commit failed; answering 503");
             let cause = e.to_string();
             let failed = webhooks
@@ -488,21 +455,21 @@ fn store_apart(
 /// Stores a batch of webhooks together, or one by one when a constraint
 /// refuses the batch.
 fn store_webhooks(
-    tx: &mut Transaction<'_>,
+    conn: &mut dyn WriteConn,
     requests: &[&IngestRequest],
     routes: &[SinkRoute],
 ) -> Vec<Result<IngestResult, StoreError>> {
     if requests.is_empty() {
         return Vec::new();
     }
-    match in_savepoint(tx, |conn| ingest::execute_batch(conn, requests, routes)) {
+    match in_savepoint(conn, |conn| ingest::execute_batch(conn, requests, routes)) {
         Ok(results) => results.into_iter().map(Ok).collect(),
         Err(Failure::Refused(e)) => {
             tracing::warn!(error = %e, "the schema refused a batch; storing its requests one by one");
             requests
                 .iter()
                 .map(|request| {
-                    in_savepoint(tx, |conn| ingest::execute_one(conn, request, routes))
+                    in_savepoint(conn, |conn| ingest::execute_one(conn, request, routes))
                         .map_err(StoreError::from)
                 })
                 .collect()
@@ -520,9 +487,9 @@ fn store_webhooks(
 /// Why a write did not complete.
 enum Failure {
     /// A constraint refused the write: the request itself is at fault.
-    Refused(rusqlite::Error),
+    Refused(DbError),
     /// The database could not take the write (locked, full, read-only...).
-    Unavailable(rusqlite::Error),
+    Unavailable(DbError),
 }
 
 impl From<Failure> for StoreError {
@@ -536,32 +503,39 @@ impl From<Failure> for StoreError {
     }
 }
 
-/// Runs `work` in a savepoint of `tx`, rolled back alone when it fails.
+/// Runs `work` in a savepoint of the open transaction, rolled back alone
+/// when it fails.
 fn in_savepoint<T>(
-    tx: &mut Transaction<'_>,
-    work: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    conn: &mut dyn WriteConn,
+    work: impl FnOnce(&dyn Conn) -> DbResult<T>,
 ) -> Result<T, Failure> {
     // Some failures (an I/O error, a full disk) make SQLite roll the whole
     // transaction back. A savepoint begun then would be a transaction of its
     // own, committed on release: refuse instead, so nothing is stored that
     // the batch's answer (503) says was not.
-    if tx.is_autocommit() {
-        return Err(Failure::Unavailable(rusqlite::Error::SqliteFailure(
-            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
-            Some("the batch's transaction was rolled back".into()),
+    if !conn.in_transaction() {
+        return Err(Failure::Unavailable(DbError::unavailable(
+            "the batch's transaction was rolled back",
         )));
     }
-    let savepoint = tx.savepoint().map_err(Failure::Unavailable)?;
-    match work(&savepoint) {
+    let conn = conn.as_conn();
+    conn.execute("SAVEPOINT part", &[])
+        .map_err(Failure::Unavailable)?;
+    match work(conn) {
         Ok(done) => {
-            savepoint.commit().map_err(Failure::Unavailable)?;
+            conn.execute("RELEASE part", &[])
+                .map_err(Failure::Unavailable)?;
             Ok(done)
         }
-        // Dropping the savepoint rolls it back.
-        Err(e) => Err(match e.sqlite_error_code() {
-            Some(ErrorCode::ConstraintViolation) => Failure::Refused(e),
-            _ => Failure::Unavailable(e),
-        }),
+        Err(e) => {
+            // Undone alone; the transaction goes on.
+            let _ = conn.execute("ROLLBACK TO part", &[]);
+            let _ = conn.execute("RELEASE part", &[]);
+            Err(match e.kind {
+                DbErrorKind::Refused => Failure::Refused(e),
+                _ => Failure::Unavailable(e),
+            })
+        }
     }
 }
 

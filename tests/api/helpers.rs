@@ -1,5 +1,7 @@
 //! The test harness: a real tunehook on 127.0.0.1, port 0, with a fresh
-//! database in its own temporary folder, driven over HTTP.
+//! database in its own temporary folder (SQLite) or of its own on the
+//! server `TUNEHOOK_TEST_POSTGRES_URL` names (PostgreSQL, the suite of
+//! `tests/api_postgres`), driven over HTTP.
 
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -18,6 +20,62 @@ pub struct TestApp {
     pub settings: Settings,
     shutdown: CancellationToken,
     handle: JoinHandle<anyhow::Result<()>>,
+    /// The test's PostgreSQL database, dropped with the last app on it.
+    database: Option<crate::postgres::TestDatabase>,
+}
+
+/// Which database a suite runs on (each suite names one of the two).
+#[allow(dead_code)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Whether this suite runs on PostgreSQL.
+pub fn on_postgres() -> bool {
+    crate::BACKEND == Backend::Postgres
+}
+
+/// True, after saying SKIPPED, when the suite runs on PostgreSQL: for a
+/// test about the SQLite file itself, which returns at once then.
+pub fn skip_on_postgres(why: &str) -> bool {
+    if on_postgres() {
+        crate::postgres::skipped(&format!("about the SQLite file: {why}"));
+    }
+    on_postgres()
+}
+
+/// Another connection holding the database's write lock, as another
+/// process would: the writer waits on it (up to `database.busy_timeout`)
+/// until this is dropped.
+#[allow(dead_code)] // held, never read
+pub enum WriteLock {
+    Sqlite(sqlx::SqliteConnection),
+    Postgres(sqlx::PgConnection),
+}
+
+pub async fn lock_database(app: &TestApp) -> WriteLock {
+    use sqlx::{Connection, Executor};
+    if on_postgres() {
+        let mut blocker = sqlx::PgConnection::connect(&app.settings.database.url)
+            .await
+            .expect("connect");
+        blocker.execute("BEGIN").await.expect("begin");
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(tunehook::store::postgres::WRITE_LOCK)
+            .execute(&mut blocker)
+            .await
+            .expect("lock");
+        WriteLock::Postgres(blocker)
+    } else {
+        let url = format!("sqlite://{}", app.dir.path().join("tunehook.db").display());
+        let mut blocker = sqlx::SqliteConnection::connect(&url)
+            .await
+            .expect("connect");
+        blocker.execute("BEGIN IMMEDIATE").await.expect("lock");
+        WriteLock::Sqlite(blocker)
+    }
 }
 
 /// Settings for a test: loopback, port 0, a database in `dir`.
@@ -37,11 +95,20 @@ pub async fn spawn_app() -> TestApp {
 pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
     let dir = tempfile::tempdir().expect("a temporary folder");
     let mut settings = test_settings(dir.path());
+    let database = on_postgres().then(|| {
+        let database = crate::postgres::TestDatabase::create();
+        settings.database.url = database.url.clone();
+        database
+    });
     adjust(&mut settings);
-    start(settings, dir).await
+    start(settings, dir, database).await
 }
 
-async fn start(settings: Settings, dir: TempDir) -> TestApp {
+async fn start(
+    settings: Settings,
+    dir: TempDir,
+    database: Option<crate::postgres::TestDatabase>,
+) -> TestApp {
     let app = Application::build(settings.clone())
         .await
         .expect("the app starts");
@@ -63,6 +130,7 @@ async fn start(settings: Settings, dir: TempDir) -> TestApp {
         settings,
         shutdown,
         handle,
+        database,
     }
 }
 
@@ -125,12 +193,16 @@ impl TestApp {
 
     /// Stops the app the way SIGTERM would and returns its folder.
     pub async fn stop(self) -> TempDir {
+        self.stop_keeping_database().await.0
+    }
+
+    async fn stop_keeping_database(self) -> (TempDir, Option<crate::postgres::TestDatabase>) {
         self.shutdown.cancel();
         self.handle
             .await
             .expect("the app task ends")
             .expect("the app stops cleanly");
-        self.dir
+        (self.dir, self.database)
     }
 
     /// Stops the app and starts a new one on the same database and settings.
@@ -142,9 +214,9 @@ impl TestApp {
     /// `adjust` has changed its settings.
     pub async fn restart_with(self, adjust: impl FnOnce(&mut Settings)) -> TestApp {
         let mut settings = self.settings.clone();
-        let dir = self.stop().await;
+        let (dir, database) = self.stop_keeping_database().await;
         adjust(&mut settings);
-        start(settings, dir).await
+        start(settings, dir, database).await
     }
 
     /// POSTs an API path with the API token and a JSON body.

@@ -5,22 +5,12 @@
 
 use crate::{
     fake_sink::FakeSink,
-    helpers::{TestApp, spawn_app, spawn_app_with},
+    helpers::{TestApp, lock_database, spawn_app, spawn_app_with},
 };
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use sqlx::{Connection, Executor, SqliteConnection};
 use std::time::Duration;
 use tunehook::config::SinkSettings;
-
-/// Another connection holding the database's write lock, as another
-/// process would: the writer waits on it (up to `database.busy_timeout`).
-async fn lock_database(app: &TestApp) -> SqliteConnection {
-    let url = format!("sqlite://{}", app.dir.path().join("tunehook.db").display());
-    let mut blocker = SqliteConnection::connect(&url).await.expect("connect");
-    blocker.execute("BEGIN IMMEDIATE").await.expect("lock");
-    blocker
-}
 
 /// A webhook body of about `size` bytes for job `id`.
 fn padded_webhook(id: &str, size: usize) -> String {

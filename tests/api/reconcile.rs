@@ -368,7 +368,11 @@ async fn the_reconcile_command_runs_one_pass_and_exits() {
     let fake = FakeSegmind::start().await;
     fake.set_jobs(vec![listed("cli-job", "DEPLOYING")]);
     let dir = tempfile::tempdir().expect("dir");
-    let db = format!("sqlite://{}", dir.path().join("t.db").display());
+    let database = crate::helpers::on_postgres().then(crate::postgres::TestDatabase::create);
+    let db = match &database {
+        Some(database) => database.url.clone(),
+        None => format!("sqlite://{}", dir.path().join("t.db").display()),
+    };
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_tunehook"))
         .arg("reconcile")
         .current_dir(dir.path())
@@ -419,6 +423,9 @@ fn watch_job_writes(app: &TestApp) -> rusqlite::Connection {
 
 #[tokio::test]
 async fn a_pass_in_which_nothing_changed_writes_no_job_row() {
+    if crate::helpers::skip_on_postgres("a trigger in the file counts the writes") {
+        return;
+    }
     let fake = FakeSegmind::start().await;
     let jobs: Vec<Value> = (0..50)
         .map(|i| listed(&format!("steady-{i}"), "TRAINING"))

@@ -23,6 +23,9 @@ fn mode(path: &Path) -> u32 {
 
 #[tokio::test]
 async fn the_data_folder_and_the_database_files_are_private_to_tunehooks_user() {
+    if crate::helpers::skip_on_postgres("the modes of the folder and files") {
+        return;
+    }
     let app = spawn_app_with(|s| {
         let file = Path::new(s.database.url.trim_start_matches("sqlite://"))
             .with_file_name("data/nested/tunehook.db");

@@ -10,6 +10,12 @@ mod fake_sink;
 #[allow(dead_code)]
 #[path = "../api/helpers.rs"]
 mod helpers;
+#[path = "../api/postgres.rs"]
+mod postgres;
+
+/// The dashboard is tested on SQLite: what it reads is the API suite's to
+/// prove on both databases.
+const BACKEND: helpers::Backend = helpers::Backend::Sqlite;
 
 mod dashboard;
 mod driver;
