@@ -330,14 +330,17 @@ impl DatabaseSettings {
 pub fn redact_url(raw: &str) -> String {
     match url::Url::parse(raw) {
         Ok(mut parsed) if parsed.scheme().starts_with("postgres") => {
+            // The URL would percent-encode brackets in a password: a
+            // placeholder goes in, the readable mark replaces it after.
+            const MARK: &str = "tunehook-redacted-password";
             if parsed.password().is_some() {
-                let _ = parsed.set_password(Some("[redacted]"));
+                let _ = parsed.set_password(Some(MARK));
             }
             let pairs: Vec<(String, String)> = parsed
                 .query_pairs()
                 .map(|(k, v)| {
                     let v = if k.eq_ignore_ascii_case("password") {
-                        "[redacted]".to_owned()
+                        MARK.to_owned()
                     } else {
                         v.into_owned()
                     };
@@ -347,7 +350,7 @@ pub fn redact_url(raw: &str) -> String {
             if !pairs.is_empty() {
                 parsed.query_pairs_mut().clear().extend_pairs(pairs);
             }
-            parsed.to_string()
+            parsed.to_string().replace(MARK, "[redacted]")
         }
         Ok(_) => raw.to_owned(),
         // Unreadable: show its scheme only, never what may be a password.
@@ -769,6 +772,33 @@ mod tests {
         assert!(!format!("{s:?}").contains("hunter2"));
         assert!(!s.to_redacted_toml().contains("hunter2"));
         assert!(s.to_redacted_toml().contains("[redacted]"));
+    }
+
+    #[test]
+    fn a_database_url_is_shown_without_its_password() {
+        for (raw, shown) in [
+            (
+                "postgres://tunehook:hunter2@db:5432/tunehook?sslmode=require",
+                "postgres://tunehook:[redacted]@db:5432/tunehook?sslmode=require",
+            ),
+            (
+                "postgresql://db/tunehook?user=t&password=hunter2",
+                "postgresql://db/tunehook?user=t&password=[redacted]",
+            ),
+            ("postgres://hunter2@/", "postgres://[unreadable URL]"),
+            ("sqlite://data/tunehook.db", "sqlite://data/tunehook.db"),
+        ] {
+            let s = Settings {
+                database: DatabaseSettings {
+                    url: raw.into(),
+                    ..DatabaseSettings::default()
+                },
+                ..Settings::default()
+            };
+            assert_eq!(s.database.redacted_url(), shown);
+            assert!(!s.to_redacted_toml().contains("hunter2"), "{raw}");
+            assert!(!format!("{s:?}").contains("hunter2"), "{raw}");
+        }
     }
 
     #[test]
