@@ -61,6 +61,10 @@ impl Application {
                     settings.database.redacted_url()
                 )
             })?;
+        tracing::info!(
+            database = %Store::describe(&settings.database),
+            "the database is open"
+        );
         let generated = store
             .generated_tokens()
             .await

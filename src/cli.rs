@@ -242,7 +242,7 @@ async fn healthcheck(settings: Settings) -> anyhow::Result<()> {
 
 async fn reconcile(settings: Settings) -> anyhow::Result<()> {
     let routes = crate::delivery::routes(&settings.sinks);
-    let (store, writer) = Store::open(&settings.database, routes)
+    let (store, writer) = Store::open_existing(&settings.database, routes)
         .await
         .with_context(|| {
             format!(
@@ -272,7 +272,7 @@ async fn prune(
 ) -> anyhow::Result<()> {
     // Opened as the service opens it: WAL mode and the busy timeout let
     // this second writer take turns with a running service's.
-    let (store, writer) = Store::open(&settings.database, Vec::new())
+    let (store, writer) = Store::open_existing(&settings.database, Vec::new())
         .await
         .with_context(|| {
             format!(
@@ -304,7 +304,7 @@ async fn prune(
 }
 
 async fn tokens(settings: Settings) -> anyhow::Result<()> {
-    let (store, writer) = Store::open(&settings.database, Vec::new())
+    let (store, writer) = Store::open_existing(&settings.database, Vec::new())
         .await
         .with_context(|| {
             format!(
@@ -340,7 +340,7 @@ async fn tokens(settings: Settings) -> anyhow::Result<()> {
 /// service running on the same database re-reads the tokens every second
 /// and refuses the old one from then on.
 async fn rotate_token(settings: Settings, kind: TokenKind) -> anyhow::Result<()> {
-    let (store, writer) = Store::open(&settings.database, Vec::new())
+    let (store, writer) = Store::open_existing(&settings.database, Vec::new())
         .await
         .with_context(|| {
             format!(

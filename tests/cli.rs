@@ -832,3 +832,30 @@ fn send_test_event_to_a_closed_port_does_not_print_the_token() {
         );
     }
 }
+
+#[test]
+fn serve_logs_the_absolute_path_of_the_database_it_opened() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut command = tunehook(dir.path());
+    command
+        .arg("serve")
+        .env("TUNEHOOK_LISTEN", "127.0.0.1:0")
+        .env("TUNEHOOK_LOG_FORMAT", "json")
+        .env("TUNEHOOK_DATABASE_URL", "sqlite://relative/t.db");
+    let server = start(command);
+    let (status, log) = server.terminate(Duration::from_secs(30));
+    assert!(status.success(), "{log}");
+    let expected = std::fs::canonicalize(dir.path())
+        .expect("the folder")
+        .join("relative/t.db");
+    let opened = log
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .find(|event| event["message"] == "the database is open")
+        .unwrap_or_else(|| panic!("no line says which database is open:\n{log}"));
+    assert_eq!(
+        opened["database"].as_str(),
+        Some(expected.display().to_string().as_str()),
+        "{opened}"
+    );
+}

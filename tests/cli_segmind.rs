@@ -272,6 +272,8 @@ async fn upload_of_a_zip_with_images_in_a_folder_exits_2_and_sends_nothing() {
 async fn submitting_a_local_zip_uploads_it_submits_and_records_the_job_as_requested() {
     let fake = FakeSegmind::start().await;
     let dir = tempfile::tempdir().expect("a folder");
+    let migrated = tunehook(dir.path(), &[], &["migrate"]).await;
+    assert_eq!(migrated.code, Some(0), "{}", migrated.stderr);
     zip_at(dir.path(), "me.zip", &[("1.png", PNG), ("2.png", PNG)]);
     let run = run_with(
         &fake,
@@ -382,6 +384,9 @@ async fn list_details_and_access_print_a_table_or_json() {
 async fn access_on_a_job_submitted_from_here_is_recorded_on_it() {
     let fake = FakeSegmind::start().await;
     let dir = tempfile::tempdir().expect("a folder");
+    // The database a served tunehook made.
+    let migrated = tunehook(dir.path(), &[], &["migrate"]).await;
+    assert_eq!(migrated.code, Some(0), "{}", migrated.stderr);
     let url = fake.dataset_url("ok.zip");
     let submitted = run_with(&fake, dir.path(), &submit_args("me", &url, "p", &[])).await;
     assert_eq!(submitted.code, Some(0), "{}", submitted.stderr);

@@ -108,6 +108,9 @@ async fn rotating_the_ingest_token_from_the_command_line_makes_a_running_service
 #[test]
 fn rotating_the_api_token_prints_a_new_one_that_tokens_then_shows() {
     let dir = tempfile::tempdir().expect("dir");
+    // The database a served tunehook made.
+    let (code, _, err) = run(tunehook(dir.path()).arg("migrate"));
+    assert_eq!(code, Some(0), "{err}");
     let (code, before, err) = run(tunehook(dir.path()).arg("tokens"));
     assert_eq!(code, Some(0), "{err}");
     let (code, out, err) = run(tunehook(dir.path()).args(["tokens", "--rotate", "api"]));
@@ -178,4 +181,40 @@ fn a_database_file_other_users_can_read_gets_a_warning_with_the_fix() {
         warning.contains(&format!("chmod 600 {}", db.display())),
         "{warning}"
     );
+}
+
+#[test]
+fn commands_run_away_from_the_service_say_where_they_looked_and_make_no_database() {
+    // As a user would: the default URL, relative to a folder holding no
+    // database.
+    let elsewhere = tempfile::tempdir().expect("dir");
+    for args in [
+        &["tokens"][..],
+        &["tokens", "--rotate", "api"],
+        &["prune", "--dry-run"],
+        &["reconcile"],
+    ] {
+        let (code, out, err) = run(Command::new(env!("CARGO_BIN_EXE_tunehook"))
+            .current_dir(elsewhere.path())
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("SEGMIND_API_KEY", "sk-unused")
+            .env("SEGMIND_BASE_URL", "http://127.0.0.1:9")
+            .args(args));
+        assert_eq!(code, Some(1), "{args:?}: {out}{err}");
+        let looked_at = elsewhere.path().join("data/tunehook.db");
+        assert!(
+            err.contains(&looked_at.display().to_string()),
+            "{args:?} names the path it looked at: {err}"
+        );
+        assert!(
+            err.contains("TUNEHOOK_DATABASE_URL"),
+            "{args:?} says how to point it elsewhere: {err}"
+        );
+        assert!(
+            !elsewhere.path().join("data").exists(),
+            "{args:?} made no database"
+        );
+        assert!(out.is_empty(), "{args:?} printed no tokens: {out}");
+    }
 }

@@ -162,7 +162,7 @@ async fn watch(settings: &Settings, id: &str, url: Option<&str>) -> Result<(), F
     let token = match &settings.api.token {
         Some(token) => token.expose().to_owned(),
         None => {
-            let (store, writer) = Store::open(&settings.database, Vec::new())
+            let (store, writer) = Store::open_existing(&settings.database, Vec::new())
                 .await
                 .map_err(|e| remote(format!("cannot open the database for the API token: {e}")))?;
             let tokens = store.generated_tokens().await.map_err(remote)?;
@@ -483,7 +483,7 @@ async fn record_access(settings: &Settings, finetune_id: &str, public: bool) {
 /// lets this run beside the service); `None`, with a warning, when it
 /// cannot be opened.
 async fn open_store(settings: &Settings, done: &str) -> Option<(Store, WriterTask)> {
-    match Store::open(&settings.database, crate::delivery::routes(&settings.sinks)).await {
+    match Store::open_existing(&settings.database, crate::delivery::routes(&settings.sinks)).await {
         Ok(opened) => Some(opened),
         Err(e) => {
             eprintln!(

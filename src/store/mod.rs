@@ -65,6 +65,12 @@ pub enum StoreError {
     Database(sqlx::Error),
     #[error(transparent)]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The SQLite file a command was to read is not there.
+    #[error(
+        "there is no database at {}: run this where `tunehook serve` runs (relative paths start from the current folder), or name the service's database with TUNEHOOK_DATABASE_URL=sqlite:///absolute/path/tunehook.db",
+        .0.display()
+    )]
+    Missing(PathBuf),
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -151,12 +157,37 @@ impl Store {
         ))
     }
 
+    /// Opens a database that must exist already: what every command but
+    /// `serve` and `migrate` reads. A SQLite file that is not there is an
+    /// error naming the path looked at, not a new, empty database beside
+    /// the real one.
+    pub async fn open_existing(
+        settings: &DatabaseSettings,
+        routes: Vec<SinkRoute>,
+    ) -> Result<(Store, WriterTask), StoreError> {
+        if let Some(path) = sqlite::missing_file(settings) {
+            return Err(StoreError::Missing(path));
+        }
+        Store::open(settings, routes).await
+    }
+
     /// Applies the migrations and returns how many the database has; used
     /// by `tunehook migrate`.
     pub async fn migrate_only(settings: &DatabaseSettings) -> Result<usize, StoreError> {
         match settings.kind() {
             DatabaseKind::Sqlite => sqlite::migrate_only(settings).await,
             DatabaseKind::Postgres => postgres::migrate_only(settings).await,
+        }
+    }
+
+    /// Where the database is, as a user looks for it: the absolute path of
+    /// the file, or the server's URL with its password redacted.
+    pub fn describe(settings: &DatabaseSettings) -> String {
+        match settings.kind() {
+            DatabaseKind::Sqlite => sqlite::absolute_file(settings)
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| settings.redacted_url()),
+            DatabaseKind::Postgres => settings.redacted_url(),
         }
     }
 

@@ -62,6 +62,25 @@ pub(super) async fn migrate_only(settings: &DatabaseSettings) -> Result<usize, S
     Ok(MIGRATOR.iter().count())
 }
 
+/// The database file `settings` names, made absolute; `None` for an
+/// in-memory database or a URL that cannot be read.
+pub(super) fn absolute_file(settings: &DatabaseSettings) -> Option<std::path::PathBuf> {
+    let options = SqliteConnectOptions::from_str(&settings.url).ok()?;
+    let file = options.get_filename();
+    if file.as_os_str().is_empty() || file.as_os_str() == ":memory:" {
+        return None;
+    }
+    std::path::absolute(file).ok()
+}
+
+/// The file `settings` names, when it does not exist.
+pub(super) fn missing_file(settings: &DatabaseSettings) -> Option<std::path::PathBuf> {
+    if settings.kind() != crate::config::DatabaseKind::Sqlite {
+        return None;
+    }
+    absolute_file(settings).filter(|file| !file.exists())
+}
+
 /// The database's size on disk: its pages, plus the write-ahead log.
 pub(super) async fn database_bytes(pool: &Pool, file: &Path) -> Result<u64, StoreError> {
     let pages: i64 = super::sql::query(
