@@ -859,3 +859,47 @@ fn serve_logs_the_absolute_path_of_the_database_it_opened() {
         "{opened}"
     );
 }
+
+#[test]
+fn config_errors_speak_the_users_words_and_a_mistyped_variable_is_named() {
+    let dir = tempfile::tempdir().expect("dir");
+    for (var, value, says) in [
+        (
+            "TUNEHOOK__SERVER__MAX_BODY_BYTES",
+            "lots",
+            "server.max_body_bytes: expected a whole number of 0 or more, such as 1024",
+        ),
+        (
+            "TUNEHOOK__SERVER__MAX_BODY_BYTES",
+            "-5",
+            "server.max_body_bytes: expected a whole number of 0 or more",
+        ),
+        (
+            "TUNEHOOK__SERVER__REQUEST_TIMEOUT",
+            "30x",
+            "server.request_timeout: expected a duration such as \"30s\", \"5m\" or \"2h\"",
+        ),
+        (
+            "TUNEHOOK__SERVER__PUBLIC_URL",
+            "tunehook.example.com",
+            "server.public_url: `tunehook.example.com` is not an absolute http(s) URL",
+        ),
+    ] {
+        let (ok, _, err) = run(tunehook(dir.path()).arg("check-config").env(var, value));
+        assert!(!ok, "{var}={value}");
+        assert!(err.contains(says), "{var}={value}: {err}");
+        assert!(!err.contains("usize"), "{err}");
+    }
+
+    let (ok, out, err) = run(tunehook(dir.path())
+        .arg("check-config")
+        .env("TUNEHOOK_LISTNE", "0.0.0.0:9000")
+        .env("TUNEHOOK_SERVICE_HOST", "10.0.0.1"));
+    assert!(ok, "a warning, not an error: {err}");
+    assert!(
+        err.contains("TUNEHOOK_LISTNE sets nothing; did you mean TUNEHOOK_LISTEN (server.listen)?"),
+        "{err}"
+    );
+    assert!(!err.contains("TUNEHOOK_SERVICE_HOST"), "{err}");
+    assert!(out.contains("listen = \"127.0.0.1:8080\""), "{out}");
+}

@@ -475,3 +475,28 @@ async fn watch_follows_a_job_on_a_running_tunehook_and_exits_0_at_available() {
     shutdown.cancel();
     let _ = served.await;
 }
+
+#[tokio::test]
+async fn segmind_unreachable_names_the_host_it_tried() {
+    let dir = tempfile::tempdir().expect("a folder");
+    // A port that was free a moment ago: nothing listens there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a port")
+        .port();
+    let base = format!("http://127.0.0.1:{port}");
+    let run = tunehook(
+        dir.path(),
+        &[("SEGMIND_API_KEY", API_KEY), ("SEGMIND_BASE_URL", &base)],
+        &["segmind", "list"],
+    )
+    .await;
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains(&format!("cannot reach Segmind at 127.0.0.1:{port}")),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains(API_KEY), "{}", run.stderr);
+}

@@ -37,6 +37,66 @@ pub const NAMED_ENV_VARS: [(&str, &str); 8] = [
 /// `server.max_body_bytes`.
 pub const ENV_PREFIX: &str = "TUNEHOOK__";
 
+/// `TUNEHOOK_` variables that are not settings: the config file's path,
+/// and the switches of the test and benchmark harnesses.
+const OTHER_ENV_VARS: [&str; 3] = ["TUNEHOOK_CONFIG", "TUNEHOOK_TEST_", "TUNEHOOK_BENCH_"];
+
+/// Variables that start like tunehook's but set nothing (a typo such as
+/// `TUNEHOOK_LISTNE`, or single underscores where `TUNEHOOK__…` needs
+/// double ones), each as a warning naming the closest variable that would
+/// set something. Variables Kubernetes makes for a service named tunehook
+/// (`TUNEHOOK_SERVICE_HOST`, `TUNEHOOK_PORT_8080_TCP`, …) are left alone.
+/// A `TUNEHOOK__…` variable naming no key is already an error.
+pub fn unknown_env_vars(vars: impl IntoIterator<Item = (String, String)>) -> Vec<String> {
+    let mut known: Vec<(String, String)> = NAMED_ENV_VARS
+        .iter()
+        .map(|(var, key)| ((*var).to_owned(), (*key).to_owned()))
+        .collect();
+    if let Ok(serde_json::Value::Object(sections)) = serde_json::to_value(Settings::default()) {
+        for (section, keys) in sections {
+            if let serde_json::Value::Object(keys) = keys {
+                for key in keys.keys() {
+                    known.push((
+                        format!(
+                            "{ENV_PREFIX}{}__{}",
+                            section.to_uppercase(),
+                            key.to_uppercase()
+                        ),
+                        format!("{section}.{key}"),
+                    ));
+                }
+            }
+        }
+    }
+    let mut warnings = Vec::new();
+    for (var, _) in vars {
+        let upper = var.to_uppercase();
+        let kubernetes =
+            upper.starts_with("TUNEHOOK_SERVICE_") || upper.starts_with("TUNEHOOK_PORT");
+        if !upper.starts_with("TUNEHOOK_")
+            || upper.starts_with(ENV_PREFIX)
+            || kubernetes
+            || OTHER_ENV_VARS.iter().any(|other| upper.starts_with(other))
+            || known.iter().any(|(name, _)| *name == upper)
+        {
+            continue;
+        }
+        let closest = known
+            .iter()
+            .map(|(name, key)| (strsim::levenshtein(&upper, name), name, key))
+            .min_by_key(|(distance, ..)| *distance);
+        warnings.push(match closest {
+            Some((distance, name, key)) if distance <= upper.len() / 3 + 2 => {
+                format!("{var} sets nothing; did you mean {name} ({key})?")
+            }
+            _ => format!(
+                "{var} sets nothing; settings are set by the variables in the README's Configuration table or as TUNEHOOK__SECTION__KEY"
+            ),
+        });
+    }
+    warnings
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
@@ -556,7 +616,6 @@ impl Settings {
         Ok(settings)
     }
 
-    /// Checks what types alone cannot.
     /// `[database]`: a URL of a known scheme that can be read, and sizes
     /// above zero. A URL is shown with its password redacted.
     fn validate_database(&self) -> Result<(), ConfigError> {
@@ -609,6 +668,7 @@ impl Settings {
         Ok(())
     }
 
+    /// Checks what types alone cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |msg: String| Err(ConfigError::Invalid(msg));
         if self.server.listen.parse::<SocketAddr>().is_err() {
@@ -628,6 +688,16 @@ impl Settings {
             );
         }
         self.validate_database()?;
+        if !self.server.public_url.is_empty() {
+            let absolute = url::Url::parse(&self.server.public_url)
+                .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some());
+            if !absolute {
+                return invalid(format!(
+                    "server.public_url: `{}` is not an absolute http(s) URL such as https://tunehook.example.com",
+                    self.server.public_url
+                ));
+            }
+        }
         for (key, token) in [
             ("ingest.token", &self.ingest.token),
             ("api.token", &self.api.token),
@@ -727,9 +797,19 @@ fn describe_figment_error(error: figment::Error) -> String {
                     return format!("unknown key `{full}`{place}");
                 }
                 figment::error::Kind::InvalidType(actual, expected) => {
-                    format!("expected {expected}, found {}", actual_kind(actual))
+                    format!(
+                        "expected {}, found {}",
+                        in_user_words(expected),
+                        actual_kind(actual)
+                    )
                 }
-                figment::error::Kind::InvalidValue(_, expected) => format!("expected {expected}"),
+                figment::error::Kind::InvalidValue(actual, expected) => {
+                    let found = match actual {
+                        figment::error::Actual::Signed(n) if *n < 0 => " (negative)",
+                        _ => "",
+                    };
+                    format!("expected {}{found}", in_user_words(expected))
+                }
                 figment::error::Kind::UnknownVariant(_, expected) => {
                     format!("expected one of {}", expected.join(", "))
                 }
@@ -743,6 +823,20 @@ fn describe_figment_error(error: figment::Error) -> String {
         })
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+/// What serde calls a type, as a user writes the value.
+fn in_user_words(expected: &str) -> String {
+    match expected {
+        "u8" | "u16" | "u32" | "u64" | "u128" | "usize" => {
+            "a whole number of 0 or more, such as 1024".to_owned()
+        }
+        "i8" | "i16" | "i32" | "i64" | "i128" | "isize" => "a whole number, such as 30".to_owned(),
+        "f32" | "f64" => "a number, such as 0.5".to_owned(),
+        "a boolean" | "bool" => "true or false".to_owned(),
+        e if e.contains("duration") => "a duration such as \"30s\", \"5m\" or \"2h\"".to_owned(),
+        other => other.to_owned(),
+    }
 }
 
 fn actual_kind(actual: &figment::error::Actual) -> &'static str {
@@ -772,6 +866,30 @@ mod tests {
         assert!(!format!("{s:?}").contains("hunter2"));
         assert!(!s.to_redacted_toml().contains("hunter2"));
         assert!(s.to_redacted_toml().contains("[redacted]"));
+    }
+
+    #[test]
+    fn a_variable_that_sets_nothing_is_named_with_the_closest_that_would() {
+        let vars = [
+            ("TUNEHOOK_LISTNE", "0.0.0.0:8080"),
+            ("TUNEHOOK_SERVER_MAX_BODY_BYTES", "10"),
+            ("TUNEHOOK_LISTEN", "0.0.0.0:8080"),
+            ("TUNEHOOK__SERVER__MAX_BODY_BYTES", "10"),
+            ("TUNEHOOK_CONFIG", "x.toml"),
+            ("TUNEHOOK_TEST_BROWSER", "required"),
+            ("TUNEHOOK_SERVICE_HOST", "10.0.0.1"),
+            ("TUNEHOOK_PORT_8080_TCP", "tcp://10.0.0.1:8080"),
+            ("HOME", "/root"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()));
+        let warnings = unknown_env_vars(vars);
+        assert_eq!(
+            warnings,
+            [
+                "TUNEHOOK_LISTNE sets nothing; did you mean TUNEHOOK_LISTEN (server.listen)?",
+                "TUNEHOOK_SERVER_MAX_BODY_BYTES sets nothing; did you mean TUNEHOOK__SERVER__MAX_BODY_BYTES (server.max_body_bytes)?",
+            ]
+        );
     }
 
     #[test]

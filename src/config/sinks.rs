@@ -101,10 +101,21 @@ impl SinkUrl {
         &self.0
     }
 
-    /// `https://hooks.slack.com/…`: safe to print.
+    /// `https://hooks.slack.com/…`, `http://127.0.0.1:9001/…`: scheme,
+    /// host and an explicit port (so that two sinks on one host can be
+    /// told apart), never the user, password, path or query, which may
+    /// hold a secret. Safe to print.
     pub fn redacted(&self) -> String {
         match url::Url::parse(&self.0) {
-            Ok(url) => format!("{}://{}/…", url.scheme(), url.host_str().unwrap_or("?")),
+            Ok(url) => {
+                let port = url.port().map(|p| format!(":{p}")).unwrap_or_default();
+                let host = match url.host() {
+                    Some(url::Host::Ipv6(ip)) => format!("[{ip}]"),
+                    Some(host) => host.to_string(),
+                    None => "?".to_owned(),
+                };
+                format!("{}://{host}{port}/…", url.scheme())
+            }
             Err(_) => "[invalid url]".into(),
         }
     }
@@ -343,6 +354,25 @@ mod optional_durations {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sink_url_shows_its_host_and_port_and_hides_credentials_path_and_query() {
+        for (raw, shown) in [
+            (
+                "https://user:pw@hooks.example.com:8443/path/secret?key=abc",
+                "https://hooks.example.com:8443/…",
+            ),
+            ("http://127.0.0.1:9001/a", "http://127.0.0.1:9001/…"),
+            ("http://127.0.0.1:9002/a", "http://127.0.0.1:9002/…"),
+            (
+                "https://hooks.slack.com/services/T/B/X",
+                "https://hooks.slack.com/…",
+            ),
+            ("http://[::1]:8080/x", "http://[::1]:8080/…"),
+        ] {
+            assert_eq!(SinkUrl::new(raw).redacted(), shown);
+        }
+    }
 
     fn check(toml_text: &str) -> Result<(), String> {
         let sink: SinkSettings = toml::from_str(toml_text).map_err(|e| e.to_string())?;

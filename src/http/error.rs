@@ -36,6 +36,12 @@ pub struct FieldError {
 pub enum ApiError {
     #[error("a valid bearer token is required")]
     Unauthorized,
+    /// The token in a webhook URL is not the ingest token (webhooks use no
+    /// bearer token).
+    #[error(
+        "unknown webhook token in the URL; `tunehook tokens` prints the webhook URL to register in Segmind's console"
+    )]
+    UnknownWebhookToken,
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -76,7 +82,9 @@ impl ApiError {
 
     fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
-            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::Unauthorized | ApiError::UnknownWebhookToken => {
+                (StatusCode::UNAUTHORIZED, "unauthorized")
+            }
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::Invalid { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),

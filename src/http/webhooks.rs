@@ -66,7 +66,7 @@ pub async fn receive(
     let outcome = match &answer {
         Ok(receipt) => receipt.outcome.as_str(),
         Err(ApiError::BadRequest { .. }) => "invalid",
-        Err(ApiError::Unauthorized) => "unauthorized",
+        Err(ApiError::Unauthorized | ApiError::UnknownWebhookToken) => "unauthorized",
         Err(ApiError::PayloadTooLarge { .. }) => "too_large",
         Err(_) => "unavailable",
     };
@@ -82,7 +82,7 @@ async fn store(
 ) -> Result<IngestResult, ApiError> {
     if !state.credentials.ingest.matches(token) {
         state.credentials.ingest_failures.failed();
-        return Err(ApiError::Unauthorized);
+        return Err(ApiError::UnknownWebhookToken);
     }
     let body = read_body(headers, body, state.max_body_bytes).await?;
     // Held until the writer has answered (dropped at the end of this call).

@@ -44,7 +44,8 @@ pub enum SegmindError {
     Rejected { status: u16, message: String },
     #[error("Segmind did not answer in time")]
     Timeout,
-    #[error("cannot reach Segmind: {0}")]
+    /// The host tried, and why it could not be reached.
+    #[error("cannot reach Segmind at {0}")]
     Unreachable(String),
     #[error("Segmind's answer could not be read: {snippet}")]
     Undecodable { snippet: String },
@@ -220,11 +221,19 @@ async fn send(request: RequestBuilder) -> Result<Response, SegmindError> {
     request.send().await.map_err(transport)
 }
 
-/// A transport error, without the URL it was for.
+/// A transport error, naming the host it was for (never the path or
+/// query: only the host and port of `segmind.base_url`).
 fn transport(error: reqwest::Error) -> SegmindError {
     if error.is_timeout() {
         return SegmindError::Timeout;
     }
+    let host = error.url().and_then(|url| {
+        let host = url.host_str()?;
+        Some(match url.port() {
+            Some(port) => format!("{host}:{port}"),
+            None => host.to_owned(),
+        })
+    });
     let error = error.without_url();
     let mut cause = error.to_string();
     let mut source = std::error::Error::source(&error);
@@ -232,7 +241,10 @@ fn transport(error: reqwest::Error) -> SegmindError {
         cause = inner.to_string();
         source = inner.source();
     }
-    SegmindError::Unreachable(cause)
+    SegmindError::Unreachable(match host {
+        Some(host) => format!("{host}: {cause}"),
+        None => cause,
+    })
 }
 
 /// The body, read in chunks and given up on as soon as it passes `limit`

@@ -321,6 +321,12 @@ async fn a_wrong_token_gets_401_and_nothing_is_stored() {
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
     let body: serde_json::Value = response.json().await.expect("json");
     assert_eq!(body["error"]["code"], "unauthorized");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with("unknown webhook token in the URL"),
+        "says what is wrong, without a bearer token webhooks never use: {message}"
+    );
+    assert!(message.contains("tunehook tokens"), "and what to do: {message}");
     assert!(app.receipts().await.is_empty());
     assert!(app.all_jobs().await.is_empty());
 }
