@@ -211,6 +211,9 @@ async fn wait_for_signal() {
 }
 
 async fn migrate(settings: Settings) -> anyhow::Result<()> {
+    // A server not up yet is asked again until `database.connect_timeout`:
+    // each attempt is logged, as `serve` logs it.
+    telemetry::init(&settings.log);
     let count = Store::migrate_only(&settings.database)
         .await
         .with_context(|| format!("cannot migrate {}", settings.database.redacted_url()))?;

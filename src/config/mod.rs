@@ -389,7 +389,7 @@ impl DatabaseSettings {
 /// `url` with its password, and any `password=` query parameter, redacted.
 pub fn redact_url(raw: &str) -> String {
     match url::Url::parse(raw) {
-        Ok(mut parsed) if parsed.scheme().starts_with("postgres") => {
+        Ok(mut parsed) if !parsed.scheme().starts_with("sqlite") => {
             // The URL would percent-encode brackets in a password: a
             // placeholder goes in, the readable mark replaces it after.
             const MARK: &str = "tunehook-redacted-password";
@@ -905,6 +905,10 @@ mod tests {
             ),
             ("postgres://hunter2@/", "postgres://[unreadable URL]"),
             ("sqlite://data/tunehook.db", "sqlite://data/tunehook.db"),
+            (
+                "mysql://u:hunter2@127.0.0.1/x",
+                "mysql://u:[redacted]@127.0.0.1/x",
+            ),
         ] {
             let s = Settings {
                 database: DatabaseSettings {

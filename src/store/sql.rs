@@ -223,6 +223,9 @@ pub enum DbErrorKind {
     /// No write can succeed on this connection again (a file that is no
     /// longer a database, or was moved away).
     Fatal,
+    /// The connection broke while a commit was asked for: the transaction
+    /// may or may not have committed, so it must not be run again.
+    Unknown,
 }
 
 #[derive(Debug, Clone)]

@@ -362,6 +362,18 @@ impl Writer {
                 // Dropping the callers answers every one 503.
                 return Err(format!("the database can no longer be used: {e}"));
             }
+            Err(e) if e.kind == DbErrorKind::Unknown => {
+                // The commit may have happened: storing the batch again
+                // could store it twice. Every request is answered 503,
+                // which never claims what was not stored.
+                tracing::error!(error = %e, requests = commands.len() + requests.len(), "the outcome of a commit is unknown; answering 503");
+                let cause = e.to_string();
+                let failed = requests
+                    .iter()
+                    .map(|_| Err(unavailable(cause.clone())))
+                    .collect();
+                (Err(cause), failed)
+            }
             Err(e) => {
                 tracing::warn!(error = %e, requests = commands.len() + requests.len(), "a batch failed as a whole; storing its requests apart");
                 store_apart(self.conn.as_mut(), &mut commands, &requests, &routes)

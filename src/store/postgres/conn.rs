@@ -208,7 +208,15 @@ impl WriteConn for PgWriter {
     fn commit(&mut self) -> DbResult<()> {
         let committed = self.execute("COMMIT", &[]);
         self.open = false;
-        committed.map(|_| ())
+        match committed {
+            Ok(_) => Ok(()),
+            // Asked, and no answer: the server may have committed.
+            Err(e) if self.conn.borrow().is_none() => Err(DbError {
+                kind: DbErrorKind::Unknown,
+                message: e.message,
+            }),
+            Err(e) => Err(e),
+        }
     }
 
     fn rollback(&mut self) {
