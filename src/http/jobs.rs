@@ -21,7 +21,7 @@ pub struct ListParams {
     /// Only jobs in this status (compared case-insensitively; `-` and `.` read as `_`).
     #[param(pattern = "^[A-Za-z0-9_.-]{1,64}$")]
     status: Option<String>,
-    /// `true`: only jobs whose last Segmind status differs from what webhooks said.
+    /// `true`: only jobs whose status differs from what Segmind's API last said of them.
     #[param(value_type = Option<bool>)]
     drift: Option<String>,
     /// 1 to 500; 50 when absent.

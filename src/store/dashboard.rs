@@ -21,10 +21,16 @@ pub struct JobSummary {
 }
 
 impl JobSummary {
-    /// Segmind's API and the webhooks disagree on this job's status.
+    /// Segmind's API, once asked, says another status than tunehook's.
     pub fn drifts(&self) -> bool {
-        self.segmind_status.is_some() && self.segmind_status != self.webhook_status
+        drifts(&self.job.status, self.segmind_status.as_deref())
     }
+}
+
+/// Whether a job whose status is `status` drifts from what Segmind's API
+/// last said of it (`None`: never asked, so not known to drift).
+pub fn drifts(status: &str, segmind_status: Option<&str>) -> bool {
+    segmind_status.is_some_and(|segmind| segmind != status)
 }
 
 /// Which jobs the dashboard lists: most recently updated first.

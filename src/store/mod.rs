@@ -31,7 +31,7 @@ mod tokens;
 mod writer;
 
 pub use confirm::{ConfirmSummary, PendingClaim, Settlement, SettlementKind};
-pub use dashboard::{DeadFirstCursor, JobAttempt, JobSearch, JobSummary};
+pub use dashboard::{DeadFirstCursor, JobAttempt, JobSearch, JobSummary, drifts};
 pub use events::FeedEvent;
 pub use ingest::{IngestRequest, IngestResult, Outcome};
 pub use models::{DriftRow, JobRow, JobsPage, ReceiptRow, TransitionRow, UpdateRow};

@@ -133,15 +133,16 @@ impl Store {
         Ok(JobsPage { jobs, next })
     }
 
-    /// Jobs whose last known Segmind status differs from what webhooks
-    /// said (or where no webhook said anything), most recently updated first.
+    /// Jobs whose status differs from what Segmind's API last said of
+    /// them (a job the API was never asked about is not among them), most
+    /// recently updated first.
     pub async fn drifting_jobs(&self, limit: u32) -> Result<Vec<DriftRow>, StoreError> {
         let sql = format!(
             "SELECT {JOB_COLUMNS}, segmind_status, webhook_status,
                 (SELECT seen_at FROM segmind_sightings s WHERE s.finetune_id = jobs.finetune_id)
                     AS segmind_seen_at
              FROM jobs
-             WHERE segmind_status IS NOT NULL AND segmind_status IS DISTINCT FROM webhook_status
+             WHERE segmind_status IS NOT NULL AND segmind_status IS DISTINCT FROM status
              ORDER BY updated_at DESC, finetune_id DESC LIMIT ?"
         );
         Ok(query(sql).bind_owned(limit).fetch_all(&self.reads).await?)

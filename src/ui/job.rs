@@ -69,12 +69,21 @@ pub async fn page(
         p.crumbs { a href="/" { "Jobs" } " / " code { (job.finetune_id) } }
         div #live {
             h1 { (title) " " (layout::status(&job.status)) }
-            @if segmind_status.is_some() && segmind_status != webhook_status {
+            @if crate::store::drifts(&job.status, segmind_status.as_deref()) {
                 p.notice.drift role="status" {
                     span.badge.drift { "drift" } " Segmind's API says "
                     strong { (segmind_status.as_deref().unwrap_or("-")) }
                     @if let Some(at) = &segmind_seen_at { " (" (layout::time(at)) ")" }
+                    "; tunehook has " strong { (job.status) }
                     "; webhooks said " strong { (webhook_status.as_deref().unwrap_or("nothing")) } "."
+                }
+            } @else if segmind_status.is_none() {
+                p.muted #segmind-check {
+                    @if state.reconciler.state().enabled {
+                        "Segmind's API: not checked yet (the next reconcile pass asks)."
+                    } @else {
+                        "Segmind's API: not asked (the reconciler is off: set " code { "SEGMIND_API_KEY" } ")."
+                    }
                 }
             }
             (fields(&job))

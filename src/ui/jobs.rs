@@ -162,8 +162,9 @@ fn table(jobs: &[JobSummary], now: &str) -> Markup {
                                 @if summary.drifts() {
                                     " "
                                     span.badge.drift title=(format!(
-                                        "Segmind's API says {}; webhooks said {}",
+                                        "Segmind's API says {}; tunehook has {}; webhooks said {}",
                                         summary.segmind_status.as_deref().unwrap_or("-"),
+                                        job.status,
                                         summary.webhook_status.as_deref().unwrap_or("nothing")
                                     )) { "drift" }
                                 }

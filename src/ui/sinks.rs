@@ -76,8 +76,16 @@ pub async fn page(State(state): State<AppState>) -> Response {
         }
         section #drift {
             h2 { "Drift" }
-            p.muted { "Jobs whose status in Segmind's API differs from what webhooks said." }
-            @if drift.is_empty() { (layout::empty("None: the two agree.")) } @else {
+            p.muted { "Jobs whose status differs from what Segmind's API last said of them." }
+            @if drift.is_empty() {
+                @if !reconciler.enabled {
+                    (layout::empty("Not checked: the reconciler is off, so Segmind's API is never asked (set SEGMIND_API_KEY)."))
+                } @else if reconciler.last_success_at.is_none() {
+                    (layout::empty("Not checked yet: no reconcile pass has finished."))
+                } @else {
+                    (layout::empty("None: every job Segmind's API reported agrees with tunehook."))
+                }
+            } @else {
                 div.scroll { table {
                     thead { tr { th { "Job" } th { "Recorded" } th { "Segmind's API" } th { "Webhooks" } th { "Seen by the API" } } }
                     tbody {

@@ -1450,3 +1450,29 @@ async fn an_event_stream_opened_by_a_session_ends_when_the_session_does() {
     .await;
     assert!(ended.is_ok(), "the stream ended within 10 s of signing out");
 }
+
+#[tokio::test]
+async fn the_dashboard_never_claims_an_agreement_with_segmind_it_did_not_observe() {
+    // No Segmind key: the reconciler is off, Segmind's API is never asked.
+    let app = spawn_app().await;
+    app.post(json!({"event": "TRAINING", "finetune_id": "unasked"}))
+        .await;
+    let cookie = sign_in(&app).await;
+
+    let sinks = get(&app, "/sinks", Some(&cookie)).await;
+    let drift = sinks.text("#drift").unwrap_or_default();
+    assert!(
+        drift.contains("Not checked: the reconciler is off"),
+        "{drift}"
+    );
+    assert!(!drift.contains("agree"), "{drift}");
+
+    let job = get(&app, "/jobs/unasked", Some(&cookie)).await;
+    let check = job.text("#segmind-check").unwrap_or_default();
+    assert!(check.contains("not asked"), "{check}");
+    assert!(job.find(".notice.drift").is_none(), "{}", job.html);
+    assert!(
+        job.find("span.badge.drift").is_none(),
+        "a job never checked is not drift"
+    );
+}

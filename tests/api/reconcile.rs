@@ -276,44 +276,53 @@ async fn a_pass_over_a_bad_answer_changes_nothing() {
 }
 
 #[tokio::test]
-async fn drift_lists_jobs_where_segmind_and_webhooks_disagree() {
+async fn drift_lists_jobs_tunehook_and_segmind_disagree_on_once_segmind_was_asked() {
     let fake = FakeSegmind::start().await;
     let app = app_for(&fake).await;
+    // Webhooks said AVAILABLE; Segmind's API says TRAINING (tunehook keeps
+    // the later status): a real disagreement.
+    app.post(json!({"event": "AVAILABLE", "finetune_id": "ahead"}))
+        .await;
+    // Webhooks are behind; the pass brings the job to Segmind's status.
     app.post(json!({"event": "TRAINING_COMPLETED", "finetune_id": "behind"}))
         .await;
-    app.post(json!({"event": "AVAILABLE", "finetune_id": "agreed"}))
+    // Webhooks never spoke of it; the pass records it as Segmind has it.
+    // A job the API was never asked about yet.
+    app.post(json!({"event": "QUEUED", "finetune_id": "unchecked"}))
         .await;
+    let (_, before) = app.get("/v1/jobs?drift=true").await;
+    assert_eq!(before["jobs"], json!([]), "nothing is drift before Segmind is asked");
     fake.set_jobs(vec![
+        listed("ahead", "TRAINING"),
         listed("behind", "AVAILABLE"),
-        listed("agreed", "AVAILABLE"),
         listed("silent", "QUEUED"),
     ]);
     pass(&app).await;
     let (status, body) = app.get("/v1/jobs?drift=true").await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let jobs = body["jobs"].as_array().cloned().unwrap_or_default();
-    let mut drifting: Vec<(String, Value, Value)> = jobs
+    let drifting: Vec<(String, Value, Value, Value)> = jobs
         .iter()
         .map(|j| {
             (
                 j["finetune_id"].as_str().unwrap_or("").to_owned(),
+                j["status"].clone(),
                 j["segmind_status"].clone(),
                 j["webhook_status"].clone(),
             )
         })
         .collect();
-    drifting.sort_by(|a, b| a.0.cmp(&b.0));
     assert_eq!(
         drifting,
-        vec![
-            (
-                "behind".to_owned(),
-                json!("AVAILABLE"),
-                json!("TRAINING_COMPLETED")
-            ),
-            ("silent".to_owned(), json!("QUEUED"), json!(null)),
-        ]
+        vec![(
+            "ahead".to_owned(),
+            json!("AVAILABLE"),
+            json!("TRAINING"),
+            json!("AVAILABLE")
+        )]
     );
+    assert_eq!(app.job("behind").await["status"], "AVAILABLE");
+    assert_eq!(app.job("unchecked").await["segmind_status"], Value::Null);
     let (status, _) = app.get("/v1/jobs?drift=maybe").await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
 }
@@ -373,6 +382,15 @@ async fn the_reconcile_command_runs_one_pass_and_exits() {
         Some(database) => database.url.clone(),
         None => format!("sqlite://{}", dir.path().join("t.db").display()),
     };
+    // The database a served tunehook made.
+    let migrated = tokio::process::Command::new(env!("CARGO_BIN_EXE_tunehook"))
+        .arg("migrate")
+        .current_dir(dir.path())
+        .env("TUNEHOOK_DATABASE_URL", &db)
+        .output()
+        .await
+        .expect("runs");
+    assert!(migrated.status.success(), "{migrated:?}");
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_tunehook"))
         .arg("reconcile")
         .current_dir(dir.path())
@@ -435,9 +453,8 @@ async fn a_pass_in_which_nothing_changed_writes_no_job_row() {
     let (status, report) = pass(&app).await;
     assert_eq!(status, StatusCode::OK, "{report}");
     assert_eq!(report["jobs_created"], 50);
-    let (_, drift) = app.get("/v1/jobs?drift=true&limit=500").await;
-    let first_seen = drift["jobs"][0]["segmind_seen_at"].clone();
-    assert!(first_seen.is_string(), "{drift}");
+    let first_seen = app.job("steady-0").await["segmind_seen_at"].clone();
+    assert!(first_seen.is_string(), "{first_seen}");
 
     let audit = watch_job_writes(&app);
     let (_, report) = pass(&app).await;
@@ -447,8 +464,8 @@ async fn a_pass_in_which_nothing_changed_writes_no_job_row() {
         .expect("count");
     assert_eq!(writes, 0, "an unchanged pass wrote job rows");
     // Yet tunehook knows Segmind reported them again.
-    let (_, drift) = app.get("/v1/jobs?drift=true&limit=500").await;
-    assert_ne!(drift["jobs"][0]["segmind_seen_at"], first_seen, "{drift}");
+    let seen = app.job("steady-0").await["segmind_seen_at"].clone();
+    assert!(seen.is_string() && seen != first_seen, "{seen}");
 
     // A pass that changes one job writes that one row.
     let mut changed: Vec<Value> = (0..50)
