@@ -123,6 +123,7 @@ impl Application {
             public_url: settings.server.public_url.clone(),
             max_body_bytes: settings.server.max_body_bytes,
             session_ttl: settings.ui.session_ttl,
+            sign_in_limit: Default::default(),
         });
         Ok(Application {
             listener,

@@ -884,6 +884,11 @@ fn config_errors_speak_the_users_words_and_a_mistyped_variable_is_named() {
             "tunehook.example.com",
             "server.public_url: `tunehook.example.com` is not an absolute http(s) URL",
         ),
+        (
+            "TUNEHOOK_API_TOKEN",
+            "short-token",
+            "api.token is shorter than 16 characters",
+        ),
     ] {
         let (ok, _, err) = run(tunehook(dir.path()).arg("check-config").env(var, value));
         assert!(!ok, "{var}={value}");

@@ -33,13 +33,21 @@ pub const NAMED_ENV_VARS: [(&str, &str); 8] = [
     ("TUNEHOOK_LOG_FORMAT", "log.format"),
 ];
 
+/// The shortest token `ingest.token` and `api.token` may be set to.
+pub const MIN_TOKEN_LEN: usize = 16;
+
 /// Prefix for every other key: `TUNEHOOK__SERVER__MAX_BODY_BYTES` sets
 /// `server.max_body_bytes`.
 pub const ENV_PREFIX: &str = "TUNEHOOK__";
 
 /// `TUNEHOOK_` variables that are not settings: the config file's path,
 /// and the switches of the test and benchmark harnesses.
-const OTHER_ENV_VARS: [&str; 3] = ["TUNEHOOK_CONFIG", "TUNEHOOK_TEST_", "TUNEHOOK_BENCH_"];
+const OTHER_ENV_VARS: [&str; 4] = [
+    "TUNEHOOK_CONFIG",
+    "TUNEHOOK_TEST_",
+    "TUNEHOOK_BENCH_",
+    "TUNEHOOK_SCHEMATHESIS_",
+];
 
 /// Variables that start like tunehook's but set nothing (a typo such as
 /// `TUNEHOOK_LISTNE`, or single underscores where `TUNEHOOK__…` needs
@@ -260,6 +268,7 @@ pub struct ServerSettings {
     pub listen: String,
     /// Where users reach this service, used only to print the full webhook
     /// URL (`tunehook tokens`); empty means "derive it from `listen`".
+    #[serde(serialize_with = "serialize_redacted_http_url")]
     pub public_url: String,
     pub max_body_bytes: usize,
     /// Webhooks handled at once; beyond this the answer is a quick 503.
@@ -425,6 +434,36 @@ fn serialize_redacted_url<S: Serializer>(url: &str, serializer: S) -> Result<S::
     serializer.serialize_str(&redact_url(url))
 }
 
+/// An http(s) URL as `check-config` shows it: without its password or the
+/// values of its query (either may be a secret); the rest as written.
+pub fn redact_http_url(raw: &str) -> String {
+    let Ok(mut parsed) = url::Url::parse(raw) else {
+        return raw.to_owned();
+    };
+    if parsed.password().is_none() && parsed.query().is_none() {
+        // Nothing to hide: as written (parsing would add a `/`).
+        return raw.to_owned();
+    }
+    const MARK: &str = "tunehook-redacted";
+    if parsed.password().is_some() {
+        let _ = parsed.set_password(Some(MARK));
+    }
+    let keys: Vec<String> = parsed.query_pairs().map(|(k, _)| k.into_owned()).collect();
+    if parsed.query().is_some() {
+        parsed.set_query(None);
+        if !keys.is_empty() {
+            parsed
+                .query_pairs_mut()
+                .extend_pairs(keys.iter().map(|k| (k.as_str(), MARK)));
+        }
+    }
+    parsed.to_string().replace(MARK, "[redacted]")
+}
+
+fn serialize_redacted_http_url<S: Serializer>(url: &str, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&redact_http_url(url))
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TokenSettings {
@@ -453,6 +492,9 @@ pub enum Unconfirmed {
     Apply,
     /// Leave it unapplied (the receipt keeps it).
     Drop,
+    /// Keep it waiting, unapplied, past the deadline until Segmind can be
+    /// asked; then settle it by what the API says.
+    Hold,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -469,6 +511,10 @@ pub struct IngestSettings {
     #[serde(with = "humantime_serde")]
     pub confirm_timeout: Duration,
     pub unconfirmed: Unconfirmed,
+    /// Claims waiting for Segmind's API at most; a webhook beyond it is
+    /// stored (outcome `dropped`, confirmation `over_capacity`) and its
+    /// claim is not queued.
+    pub max_pending_confirmations: usize,
 }
 
 impl Default for IngestSettings {
@@ -478,6 +524,7 @@ impl Default for IngestSettings {
             confirm: None,
             confirm_timeout: Duration::from_secs(120),
             unconfirmed: Unconfirmed::Apply,
+            max_pending_confirmations: 1000,
         }
     }
 }
@@ -487,12 +534,18 @@ impl Default for IngestSettings {
 pub struct SegmindSettings {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub api_key: Option<Secret>,
+    #[serde(serialize_with = "serialize_redacted_http_url")]
     pub base_url: String,
     /// Limit for one call to Segmind's API.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
     /// Answers larger than this many bytes fail the call.
     pub max_response_bytes: u64,
+    /// Reads of Segmind's API (details, list) per second, sustained, shared
+    /// by the confirmer and the reconciler.
+    pub max_requests_per_second: f64,
+    /// Reads that may go at once after a quiet spell.
+    pub burst: u32,
 }
 
 impl Default for SegmindSettings {
@@ -502,6 +555,8 @@ impl Default for SegmindSettings {
             base_url: "https://api.segmind.com".into(),
             timeout: Duration::from_secs(30),
             max_response_bytes: crate::segmind::DEFAULT_MAX_RESPONSE_BYTES,
+            max_requests_per_second: 5.0,
+            burst: 10,
         }
     }
 }
@@ -713,6 +768,11 @@ impl Settings {
                         "{key} must be non-empty and use only letters, digits, `-`, `.`, `_` or `~`"
                     ));
                 }
+                if token.expose().len() < MIN_TOKEN_LEN {
+                    return invalid(format!(
+                        "{key} is shorter than {MIN_TOKEN_LEN} characters: too easy to guess; leave it unset for a generated one, or use e.g. `openssl rand -hex 32`"
+                    ));
+                }
             }
         }
         if !(self.segmind.base_url.starts_with("http://")
@@ -725,6 +785,12 @@ impl Settings {
         }
         if self.segmind.max_response_bytes == 0 {
             return invalid("segmind.max_response_bytes must be greater than 0".into());
+        }
+        let rate = self.segmind.max_requests_per_second;
+        if !(rate.is_finite() && rate > 0.0) || self.segmind.burst == 0 {
+            return invalid(
+                "segmind.max_requests_per_second and segmind.burst must be greater than 0".into(),
+            );
         }
         if self.reconcile.interval.is_zero() || self.segmind.timeout.is_zero() {
             return invalid("reconcile.interval and segmind.timeout must be greater than 0".into());
@@ -749,6 +815,9 @@ impl Settings {
         }
         if self.ingest.confirm_timeout.is_zero() {
             return invalid("ingest.confirm_timeout must be greater than 0".into());
+        }
+        if self.ingest.max_pending_confirmations == 0 {
+            return invalid("ingest.max_pending_confirmations must be greater than 0".into());
         }
         sinks::validate(&self.delivery, &self.sinks)
     }
@@ -890,6 +959,22 @@ mod tests {
                 "TUNEHOOK_SERVER_MAX_BODY_BYTES sets nothing; did you mean TUNEHOOK__SERVER__MAX_BODY_BYTES (server.max_body_bytes)?",
             ]
         );
+    }
+
+    #[test]
+    fn the_segmind_and_public_urls_are_shown_without_password_or_query_values() {
+        let mut s = Settings::default();
+        s.segmind.base_url = "https://user:hunter2@api.example.com/v1?token=hunter3".into();
+        s.server.public_url = "https://me:hunter4@hooks.example.com".into();
+        let shown = s.to_redacted_toml();
+        for secret in ["hunter2", "hunter3", "hunter4"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+        assert!(
+            shown.contains("https://user:[redacted]@api.example.com/v1?token=[redacted]"),
+            "{shown}"
+        );
+        assert!(shown.contains("hooks.example.com"), "{shown}");
     }
 
     #[test]

@@ -98,6 +98,18 @@ impl LiveToken {
     pub fn replace(&self, token: Secret) {
         self.current.send_replace(token);
     }
+
+    /// Resolves once the token is no longer `opened_with` (rotated here or
+    /// by another process); never while it still is.
+    pub fn rotated_from(&self, opened_with: Secret) -> impl Future<Output = ()> + Send + 'static {
+        let mut changes = self.current.subscribe();
+        async move {
+            if changes.wait_for(|now| *now != opened_with).await.is_err() {
+                // The service is going away: the stream ends with it.
+                std::future::pending::<()>().await;
+            }
+        }
+    }
 }
 
 /// The ingest and API tokens, and the log of failed checks of each.

@@ -68,6 +68,9 @@ pub enum ApiError {
     PayloadTooLarge { limit: usize },
     #[error("the service cannot store this right now; retry later")]
     Unavailable(String),
+    /// Every event stream `server.max_streams` allows is open.
+    #[error("too many event streams are open (server.max_streams); close one, or retry later")]
+    TooManyStreams,
     #[error("an internal error occurred")]
     Internal(#[from] anyhow::Error),
 }
@@ -95,7 +98,9 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => {
                 (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
             }
-            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::Unavailable(_) | ApiError::TooManyStreams => {
+                (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+            }
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }

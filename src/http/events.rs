@@ -8,7 +8,8 @@
 //! (`server.max_streams`), are not cut by the request timeout (the answer
 //! itself is immediate), keep proxies awake with a comment every 15 s, and
 //! end at shutdown. A stream a dashboard session opened ends, too, within
-//! a few seconds of that session's end.
+//! a few seconds of that session's end, and one opened with the bearer
+//! token ends when that token is rotated.
 
 use super::{
     AppState,
@@ -90,7 +91,7 @@ async fn open(
 ) -> Result<EventStream, ApiError> {
     let permit = Arc::clone(&state.stream_permits)
         .try_acquire_owned()
-        .map_err(|_| ApiError::Unavailable("too many event streams are open".into()))?;
+        .map_err(|_| ApiError::TooManyStreams)?;
     // Subscribed before "now" is read: whatever is committed after it
     // arrives through the feed, and nothing committed before it does.
     let live = state.feed.subscribe();
@@ -105,10 +106,26 @@ async fn open(
         None => now,
     };
     let (tx, rx) = mpsc::channel(64);
-    // Ends the stream: at shutdown, or when the session that opened it ends.
+    // Ends the stream: at shutdown, when the session that opened it ends,
+    // or when the bearer token it was opened with is rotated.
     let ended = state.shutdown.child_token();
-    if let Some(session) = session {
-        tokio::spawn(end_with_session(state.clone(), session, ended.clone()));
+    match session {
+        Some(session) => {
+            tokio::spawn(end_with_session(state.clone(), session, ended.clone()));
+        }
+        None => {
+            let rotated = state
+                .credentials
+                .api
+                .rotated_from(state.credentials.api.current());
+            let ended = ended.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    () = ended.cancelled() => {}
+                    () = rotated => ended.cancel(),
+                }
+            });
+        }
     }
     let pump = Pump {
         store: state.store.clone(),

@@ -5,6 +5,9 @@ use axum::extract::{FromRequest, Request};
 
 pub struct ApiJson<T>(pub T);
 
+/// The most a JSON body of the API may hold: axum's default limit.
+pub const DEFAULT_BODY_LIMIT: usize = 2 * 1024 * 1024;
+
 impl<T, S> FromRequest<S> for ApiJson<T>
 where
     T: serde::de::DeserializeOwned,
@@ -16,7 +19,12 @@ where
         axum::Json::<T>::from_request(request, state)
             .await
             .map(|axum::Json(value)| ApiJson(value))
-            .map_err(|e| ApiError::bad_request("invalid_body", e.body_text()))
+            .map_err(|e| match e.status() {
+                axum::http::StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge {
+                    limit: DEFAULT_BODY_LIMIT,
+                },
+                _ => ApiError::bad_request("invalid_body", e.body_text()),
+            })
     }
 }
 

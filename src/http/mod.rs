@@ -45,7 +45,7 @@ use crate::{
 use axum::{
     Router,
     extract::{MatchedPath, Request},
-    http::{HeaderName, Method, StatusCode},
+    http::{HeaderName, HeaderValue, Method, StatusCode, header},
     middleware,
     response::IntoResponse,
     routing::{MethodRouter, get, post, put},
@@ -55,6 +55,7 @@ use std::{sync::Arc, time::Duration};
 use tower_http::{
     catch_panic::CatchPanicLayer,
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
+    set_header::SetResponseHeaderLayer,
     timeout::TimeoutLayer,
     trace::TraceLayer,
 };
@@ -95,6 +96,8 @@ pub struct Inner {
     pub max_body_bytes: usize,
     /// `ui.session_ttl`: how long a dashboard session lasts.
     pub session_ttl: Duration,
+    /// Failed dashboard sign-ins per client address.
+    pub sign_in_limit: crate::ui::SignInLimit,
     /// Checks the dataset URL of a submission before Segmind is called.
     pub url_checker: Arc<crate::dataset::remote::UrlChecker>,
 }
@@ -217,6 +220,16 @@ pub fn router(state: AppState, request_timeout: Duration, ui: bool) -> Router {
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_api_token,
+        ))
+        // Answers hold job data and tokens: never kept by a cache, never
+        // read as another type than they say.
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
         ));
     let open = open_routes()
         .into_iter()

@@ -92,8 +92,28 @@ const PREVIEW: &str = "SELECT
     (SELECT COUNT(*) FROM deliveries WHERE ?3 IS NOT NULL AND status = 'delivered' AND delivered_at < ?3)";
 
 /// One step: removes the oldest batch of each kind the cutoffs name.
+/// How long an `Idempotency-Key` is kept: a retry comes within minutes,
+/// and a day covers a client that retries after an outage.
+pub const IDEMPOTENCY_KEY_HOURS: i64 = 24;
+
 pub(super) fn step(conn: &dyn Conn, cutoffs: &PruneCutoffs) -> DbResult<PruneStep> {
     let mut done = PruneStep::default();
+    // Housekeeping with every step: expired dashboard sessions, and
+    // Idempotency-Keys past their day (nothing a user counts on).
+    let now = chrono::Utc::now();
+    conn.execute(
+        "DELETE FROM ui_sessions WHERE expires_at <= ?1",
+        args![crate::time::rfc3339(now)],
+    )?;
+    let keys = conn.execute(
+        "DELETE FROM idempotency_keys WHERE key IN (
+            SELECT key FROM idempotency_keys WHERE claimed_at < ?1 ORDER BY claimed_at LIMIT ?2)",
+        args![
+            crate::time::rfc3339(now - chrono::Duration::hours(IDEMPOTENCY_KEY_HOURS)),
+            PRUNE_ROWS
+        ],
+    )?;
+    done.more |= keys as i64 >= PRUNE_ROWS;
     if let Some(before) = &cutoffs.delivered {
         let ids = ids(conn, OLD_DELIVERED, before)?;
         done.more |= ids.len() as i64 >= PRUNE_ROWS;
@@ -376,6 +396,29 @@ mod tests {
             .expect("read");
         assert_eq!(left, vec![waiting]);
         assert_ne!(waiting, settled);
+    }
+
+    #[test]
+    fn a_step_removes_expired_sessions_and_idempotency_keys_past_their_day() {
+        let conn = database();
+        let day_ago = crate::time::rfc3339(chrono::Utc::now() - chrono::Duration::hours(25));
+        let now = crate::time::now_rfc3339();
+        let later = crate::time::rfc3339(chrono::Utc::now() + chrono::Duration::hours(1));
+        conn.execute_batch(&format!(
+            "INSERT INTO ui_sessions (id_sha256, token_sha256, created_at, expires_at)
+                VALUES ('expired', 't', '{day_ago}', '{day_ago}'), ('open', 't', '{now}', '{later}');
+             INSERT INTO idempotency_keys (key, request_sha256, claimed_at, finetune_id)
+                VALUES ('old', 'h', '{day_ago}', 'ft'), ('fresh', 'h', '{now}', 'ft');"
+        ))
+        .expect("rows");
+        step(&conn, &PruneCutoffs::default()).expect("a step");
+        let left = |sql: &str| -> Vec<String> {
+            conn.prepare(sql)
+                .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+                .expect("read")
+        };
+        assert_eq!(left("SELECT id_sha256 FROM ui_sessions"), ["open"]);
+        assert_eq!(left("SELECT key FROM idempotency_keys"), ["fresh"]);
     }
 
     #[test]

@@ -59,7 +59,7 @@ pub async fn page(
     }
     let now = crate::time::now_rfc3339();
     let spans = spans(&job, &transitions, &now);
-    let title = job.name.clone().unwrap_or_else(|| job.finetune_id.clone());
+    let title = layout::visible(job.name.as_deref().unwrap_or(&job.finetune_id));
     let live = format!(
         "/v1/jobs/{}/events",
         super::jobs::urlencode(&job.finetune_id)
@@ -160,7 +160,7 @@ fn fields(job: &JobRow) -> Markup {
             @for (name, value, link) in rows {
                 @if let Some(value) = value {
                     dt { (name) }
-                    dd { @if link { (layout::maybe_link(&value)) } @else { (value) } }
+                    dd { @if link { (layout::maybe_link(&value)) } @else { (layout::visible(&value)) } }
                 }
             }
             dt { "First seen" } dd { (layout::time(&job.first_seen_at)) }

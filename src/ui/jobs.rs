@@ -169,7 +169,7 @@ fn table(jobs: &[JobSummary], now: &str) -> Markup {
                                     )) { "drift" }
                                 }
                             }
-                            td.name { (job.name.as_deref().unwrap_or("")) }
+                            td.name { (layout::visible(job.name.as_deref().unwrap_or(""))) }
                             td.id { a href=(format!("/jobs/{}", urlencode(&job.finetune_id))) { code { (job.finetune_id) } } }
                             td.base-model { (job.base_model.as_deref().unwrap_or("")) }
                             td.first-seen { (layout::time(&job.first_seen_at)) }

@@ -146,12 +146,45 @@ pub fn query(pairs: &[(&str, Option<&str>)]) -> String {
 }
 
 /// An empty-state line.
+/// `text` with what a reader cannot see made visible: control characters
+/// (NUL, escapes, line breaks inside a name) and the marks that reorder
+/// text (bidirectional overrides and isolates) are written as `<U+202E>`,
+/// so a name cannot hide or reverse what follows it on the page.
+pub fn visible(text: &str) -> String {
+    let hidden = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{200e}' | '\u{200f}' | '\u{061c}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    if !text.chars().any(hidden) {
+        return text.to_owned();
+    }
+    text.chars()
+        .map(|c| {
+            if hidden(c) {
+                format!("<U+{:04X}>", u32::from(c))
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 pub fn empty(text: &str) -> Markup {
     html! { p.empty { (text) } }
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn hidden_characters_in_a_name_are_written_out() {
+        assert_eq!(super::visible("plain name"), "plain name");
+        assert_eq!(
+            super::visible("evil\u{202e}gnp.exe\u{0}x\n"),
+            "evil<U+202E>gnp.exe<U+0000>x<U+000A>"
+        );
+        assert_eq!(super::visible("a\u{2066}b"), "a<U+2066>b");
+    }
+
     use super::*;
 
     #[test]

@@ -21,6 +21,8 @@ mod job;
 mod jobs;
 mod layout;
 mod session;
+
+pub use session::{SIGN_IN_FAILURES, SignInLimit};
 mod sinks;
 
 use crate::http::AppState;

@@ -24,6 +24,7 @@ use axum::{
 use maud::html;
 use rand::Rng;
 use serde::Deserialize;
+use std::time::Instant;
 
 /// Sends a request without a session to sign-in (a `GET` comes back to
 /// where it was going once signed in).
@@ -116,16 +117,73 @@ pub async fn sign_in_page(PageQuery(query): PageQuery<SignInQuery>) -> Response 
     super::html(StatusCode::OK, form(query.next.as_deref(), None))
 }
 
+/// Failed sign-ins each client address may make in [`SIGN_IN_WINDOW`]
+/// before the next ones are refused until the window ends: a person who
+/// mistypes the token gets through, a guesser gets ten tries a minute.
+pub const SIGN_IN_FAILURES: u32 = 10;
+const SIGN_IN_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+/// Addresses remembered at most; past it the oldest windows are forgotten.
+const SIGN_IN_ADDRESSES: usize = 10_000;
+
+/// Failed sign-ins per client address (the connection's peer: behind a
+/// proxy that is the proxy, whose clients then share the allowance).
+#[derive(Default)]
+pub struct SignInLimit {
+    failures: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, (Instant, u32)>>,
+}
+
+impl SignInLimit {
+    /// Whether `addr` may try now.
+    fn allows(&self, addr: std::net::IpAddr, now: Instant) -> bool {
+        let failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        match failures.get(&addr) {
+            Some((since, count)) if now.duration_since(*since) < SIGN_IN_WINDOW => {
+                *count < SIGN_IN_FAILURES
+            }
+            _ => true,
+        }
+    }
+
+    fn failed(&self, addr: std::net::IpAddr, now: Instant) {
+        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        if failures.len() >= SIGN_IN_ADDRESSES {
+            failures.retain(|_, (since, _)| now.duration_since(*since) < SIGN_IN_WINDOW);
+        }
+        let entry = failures.entry(addr).or_insert((now, 0));
+        if now.duration_since(entry.0) >= SIGN_IN_WINDOW {
+            *entry = (now, 0);
+        }
+        entry.1 += 1;
+    }
+}
+
 /// `POST /signin`: the API token opens a session.
 pub async fn sign_in(
     State(state): State<AppState>,
+    peer: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
     headers: HeaderMap,
     PageForm(form_data): PageForm<SignInForm>,
 ) -> Response {
     let next = layout::local_path(form_data.next.as_deref()).unwrap_or("/");
     let token = form_data.token.trim();
+    let addr = peer.map(|axum::Extension(axum::extract::ConnectInfo(addr))| addr.ip());
+    let now = Instant::now();
+    if let Some(addr) = addr {
+        if !state.sign_in_limit.allows(addr, now) {
+            return super::html(
+                StatusCode::TOO_MANY_REQUESTS,
+                form(
+                    Some(next),
+                    Some("Too many wrong tokens from your address: wait a minute, then try again."),
+                ),
+            );
+        }
+    }
     if token.is_empty() || !state.credentials.api.matches(token) {
         state.credentials.api_failures.failed();
+        if let (Some(addr), false) = (addr, token.is_empty()) {
+            state.sign_in_limit.failed(addr, now);
+        }
         let message = if token.is_empty() {
             "Enter the API token."
         } else {
@@ -146,7 +204,11 @@ pub async fn sign_in(
     if let Err(e) = state.store.open_session(session).await {
         return super::unavailable(e);
     }
-    let secure = if over_https(&headers) { "; Secure" } else { "" };
+    let secure = if over_https(&headers) || state.public_url.starts_with("https://") {
+        "; Secure"
+    } else {
+        ""
+    };
     let cookie = format!(
         "{SESSION_COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{secure}",
         ttl.as_secs()

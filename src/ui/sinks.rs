@@ -92,7 +92,7 @@ pub async fn page(State(state): State<AppState>) -> Response {
                         @for row in &drift {
                             tr data-finetune-id=(row.job.finetune_id) {
                                 td { a href=(format!("/jobs/{}", super::jobs::urlencode(&row.job.finetune_id))) {
-                                    (row.job.name.as_deref().unwrap_or(&row.job.finetune_id))
+                                    (layout::visible(row.job.name.as_deref().unwrap_or(&row.job.finetune_id)))
                                 } }
                                 td { (layout::status(&row.job.status)) }
                                 td { (row.segmind_status.as_deref().unwrap_or("-")) }

@@ -564,6 +564,18 @@ async fn behind_a_tls_proxy_the_session_cookie_is_secure() {
 }
 
 #[tokio::test]
+async fn with_an_https_public_url_the_session_cookie_is_secure() {
+    let app = spawn_app_with(|s| s.server.public_url = "https://hooks.example.com".into()).await;
+    let page = submit_sign_in(&app, &app.api_token, "/").await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.html);
+    let set_cookie = page.session_set_cookie().expect("a session cookie");
+    assert!(
+        cookie_attribute(set_cookie, "secure").is_some(),
+        "{set_cookie}"
+    );
+}
+
+#[tokio::test]
 async fn sign_in_returns_to_a_local_next_and_never_to_another_site() {
     let app = spawn_app().await;
     let page = submit_sign_in(&app, &app.api_token, "/sinks").await;
@@ -1475,4 +1487,34 @@ async fn the_dashboard_never_claims_an_agreement_with_segmind_it_did_not_observe
         job.find("span.badge.drift").is_none(),
         "a job never checked is not drift"
     );
+}
+
+#[tokio::test]
+async fn sign_in_guesses_are_limited_per_client_address() {
+    let app = spawn_app().await;
+    for _ in 0..tunehook::ui::SIGN_IN_FAILURES {
+        let page = submit_sign_in(&app, "a-wrong-guess-0123456789", "/").await;
+        assert_eq!(page.status, StatusCode::UNAUTHORIZED, "{}", page.html);
+    }
+    // Past the allowance even the right token waits out the minute.
+    let refused = submit_sign_in(&app, &app.api_token, "/").await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS, "{}", refused.html);
+    assert!(refused.html.contains("wait a minute"), "{}", refused.html);
+    assert!(refused.session_set_cookie().is_none());
+
+    // Another client address is not held back by this one's guesses.
+    let elsewhere = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("a client");
+    let response = elsewhere
+        .post(app.url("/signin"))
+        .header(header::ORIGIN, origin(&app))
+        .form(&[("token", app.api_token.as_str()), ("next", "/")])
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
 }

@@ -511,6 +511,9 @@ async fn the_file_sink_appends_one_json_line_per_event() {
         .collect();
     assert_eq!(statuses, vec!["TRAINING_COMPLETED", "AVAILABLE"]);
     assert!(text.ends_with('\n'));
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&path).expect("metadata").permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "events are readable by tunehook's user alone");
 }
 
 #[tokio::test]

@@ -495,3 +495,39 @@ async fn a_live_stream_sees_a_submitted_job_from_requested_to_available_in_order
         ]
     );
 }
+
+#[tokio::test]
+async fn two_idempotency_keys_are_a_400_and_a_body_over_the_limit_a_413() {
+    let fake = FakeSegmind::start().await;
+    let app = app_for(&fake).await;
+    let response = app
+        .client
+        .post(app.url("/v1/finetunes"))
+        .bearer_auth(&app.api_token)
+        .header("idempotency-key", "first")
+        .header("idempotency-key", "second")
+        .json(&request(&fake))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "invalid_idempotency_key", "{body}");
+    assert!(
+        fake.calls("/finetune/request/submit").is_empty(),
+        "nothing was sent to Segmind"
+    );
+
+    let huge = json!({"name": "x".repeat(10 * 1024 * 1024)});
+    let response = app
+        .client
+        .post(app.url("/v1/finetunes"))
+        .bearer_auth(&app.api_token)
+        .json(&huge)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "payload_too_large", "{body}");
+}

@@ -270,3 +270,18 @@ async fn the_database_gauges_are_read_at_most_once_per_metrics_cache() {
             .contains("tunehook_jobs{status=\"AVAILABLE\"} 4")
     );
 }
+
+#[tokio::test]
+async fn api_answers_are_never_cached_nor_sniffed() {
+    let app = spawn_app().await;
+    for (path, token) in [("/v1/jobs", true), ("/v1/jobs", false), ("/v1/status", true)] {
+        let mut request = app.client.get(app.url(path));
+        if token {
+            request = request.bearer_auth(&app.api_token);
+        }
+        let response = request.send().await.expect("sent");
+        let headers = response.headers();
+        assert_eq!(headers["cache-control"], "no-store", "{path} {token}");
+        assert_eq!(headers["x-content-type-options"], "nosniff", "{path} {token}");
+    }
+}

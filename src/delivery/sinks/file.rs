@@ -15,6 +15,7 @@ use std::{
     fs::{File, OpenOptions},
     io::{self, Write},
     os::unix::fs::FileExt,
+    os::unix::fs::OpenOptionsExt,
     path::{Path, PathBuf},
     sync::Arc,
 };
@@ -79,7 +80,9 @@ fn open(path: &Path) -> io::Result<File> {
         changed.push(missing);
     }
     std::fs::create_dir_all(dir)?;
-    let file = match options().create_new(true).open(path) {
+    // Events carry every job's fields: readable by tunehook's user alone,
+    // like the database.
+    let file = match options().create_new(true).mode(0o600).open(path) {
         // Created by someone else meanwhile: theirs to have made durable.
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return options().open(path),
         created => created?,
