@@ -11,8 +11,12 @@ use std::time::Duration;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ending {
     Available,
-    /// A failure status (`FAILED`, `ERROR`, `CANCELLED`...).
-    Failed(String),
+    /// A failure status (`FAILED`, `ERROR`, `CANCELLED`...), with the job's
+    /// error message when it has one.
+    Failed {
+        status: String,
+        error: Option<String>,
+    },
 }
 
 /// Times a dropped stream is opened again before giving up.
@@ -36,6 +40,7 @@ pub async fn watch(
     let events_url = endpoint(&base, &["v1", "jobs", finetune_id, "events"])?;
     let mut last_id: Option<String> = None;
     let mut reconnects = 0;
+    let mut opened_once = false;
     loop {
         let mut request = client
             .get(events_url.clone())
@@ -45,12 +50,25 @@ pub async fn watch(
             request = request.header("last-event-id", id);
         }
         let mut stream = match request.send().await {
-            Ok(response) if response.status().is_success() => response,
+            Ok(response) if response.status().is_success() => {
+                opened_once = true;
+                response
+            }
             Ok(response) => anyhow::bail!(
                 "tunehook answered {} for {finetune_id}: {}",
                 response.status(),
                 error_message(response).await
             ),
+            // Never reached: the service is not there (or not at this
+            // address), which waiting will not change.
+            Err(e) if !opened_once => {
+                return Err(e.without_url()).with_context(|| {
+                    format!(
+                        "cannot reach tunehook at {}; is `tunehook serve` running there? (--url names another address)",
+                        base.as_str().trim_end_matches('/')
+                    )
+                });
+            }
             Err(e) if reconnects < RECONNECTS => {
                 reconnects += 1;
                 tracing::debug!(error = %e.without_url(), "the stream did not open; trying again");
@@ -73,7 +91,7 @@ pub async fn watch(
                 .context("the job is not JSON")?;
             let status = job["status"].as_str().unwrap_or("?").to_owned();
             report(&format!("{finetune_id}: {status}"));
-            if let Some(ending) = ending(&status) {
+            if let Some(ending) = ending(&status, &job) {
                 return Ok(ending);
             }
         }
@@ -93,7 +111,7 @@ pub async fn watch(
                 report(&describe(&event));
                 let status = event["data"]["status"].as_str().unwrap_or_default();
                 if event["type"] == "finetune.status_changed" {
-                    if let Some(ending) = ending(status) {
+                    if let Some(ending) = ending(status, &event["data"]) {
                         return Ok(ending);
                     }
                 }
@@ -150,13 +168,16 @@ fn describe(event: &Value) -> String {
     }
 }
 
-fn ending(status: &str) -> Option<Ending> {
+/// How a job in `status` ended, if it did; `job` (the job, or an event's
+/// data) gives the error message of a failure.
+fn ending(status: &str, job: &Value) -> Option<Ending> {
     let status = crate::domain::Status::parse(status)?;
     match status.terminal()? {
         crate::domain::status::Terminal::Success => Some(Ending::Available),
-        crate::domain::status::Terminal::Failure => {
-            Some(Ending::Failed(status.as_str().to_owned()))
-        }
+        crate::domain::status::Terminal::Failure => Some(Ending::Failed {
+            status: status.as_str().to_owned(),
+            error: job["error_message"].as_str().map(str::to_owned),
+        }),
     }
 }
 

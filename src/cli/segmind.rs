@@ -180,9 +180,10 @@ async fn watch(settings: &Settings, id: &str, url: Option<&str>) -> Result<(), F
         .map_err(|e| remote(format!("{e:#}")))?;
     match ending {
         crate::watch::Ending::Available => Ok(()),
-        crate::watch::Ending::Failed(status) => {
-            Err(Failure::Remote(format!("{id} finished {status}")))
-        }
+        crate::watch::Ending::Failed { status, error } => Err(Failure::Remote(match error {
+            Some(error) => format!("{id} finished {status}: {error}"),
+            None => format!("{id} finished {status}"),
+        })),
     }
 }
 

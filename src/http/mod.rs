@@ -47,7 +47,7 @@ use axum::{
     extract::{MatchedPath, Request},
     http::{HeaderName, HeaderValue, Method, StatusCode, header},
     middleware,
-    response::IntoResponse,
+    response::{IntoResponse, Response},
     routing::{MethodRouter, get, post, put},
 };
 use error::ApiError;
@@ -244,7 +244,7 @@ pub fn router(state: AppState, request_timeout: Duration, ui: bool) -> Router {
     };
     open.merge(api)
         .merge(dashboard)
-        .fallback(not_found)
+        .fallback(move |request: Request| not_found(ui, request))
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(
             state.clone(),
@@ -279,8 +279,28 @@ fn request_span(request: &Request) -> tracing::Span {
     tracing::info_span!("request", method = %request.method(), route = %route, request_id = %request_id)
 }
 
-async fn not_found() -> ApiError {
-    ApiError::NotFound("no such route".into())
+/// An unknown path: JSON in the API's error shape, or, when the dashboard
+/// is on and a browser asks for a page outside the API's paths, a page.
+async fn not_found(ui: bool, request: Request) -> Response {
+    let api_path = [
+        "/v1",
+        "/webhooks",
+        "/metrics",
+        "/healthz",
+        "/readyz",
+        "/openapi.json",
+    ]
+    .iter()
+    .any(|prefix| request.uri().path().starts_with(prefix));
+    let wants_page = request
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| accept.contains("text/html"));
+    if ui && wants_page && !api_path {
+        return crate::ui::not_found_page();
+    }
+    ApiError::NotFound("no such route".into()).into_response()
 }
 
 async fn method_not_allowed() -> impl IntoResponse {

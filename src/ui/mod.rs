@@ -65,6 +65,12 @@ pub fn router(state: AppState) -> Router<AppState> {
 /// Adds the security headers to every dashboard answer.
 async fn security_headers(request: Request, next: Next) -> Response {
     let mut response = next.run(request).await;
+    guard(&mut response);
+    response
+}
+
+/// The dashboard's security headers, on `response`.
+fn guard(response: &mut Response) {
     let headers = response.headers_mut();
     for (name, value) in [
         (header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY),
@@ -77,7 +83,6 @@ async fn security_headers(request: Request, next: Next) -> Response {
     if !headers.contains_key(header::CACHE_CONTROL) {
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
-    response
 }
 
 /// A rendered page with its status.
@@ -93,6 +98,18 @@ pub(crate) fn problem(status: StatusCode, title: &str, message: &str) -> Respons
         p { a href="/" { "Back to the jobs" } }
     };
     html(status, layout::page(title, layout::Nav::Jobs, None, body))
+}
+
+/// The page for a dashboard path that does not exist, with the
+/// dashboard's headers.
+pub fn not_found_page() -> Response {
+    let mut response = problem(
+        StatusCode::NOT_FOUND,
+        "No such page",
+        "There is no dashboard page at this address.",
+    );
+    guard(&mut response);
+    response
 }
 
 /// The page for a store error: the database could not answer.

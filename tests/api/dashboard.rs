@@ -1518,3 +1518,35 @@ async fn sign_in_guesses_are_limited_per_client_address() {
         .expect("sent");
     assert_eq!(response.status(), StatusCode::SEE_OTHER);
 }
+
+#[tokio::test]
+async fn an_unknown_dashboard_url_is_a_page_and_the_api_keeps_json() {
+    let app = spawn_app().await;
+    let page = read(
+        browser()
+            .get(app.url("/no-such-page"))
+            .header(header::ACCEPT, "text/html,application/xhtml+xml")
+            .send()
+            .await
+            .expect("sent"),
+    )
+    .await;
+    assert_html(&page, StatusCode::NOT_FOUND, "an unknown page");
+    assert!(page.html.contains("No such page"), "{}", page.html);
+    assert_guarded(&page, "an unknown page");
+
+    for (path, accept) in [
+        ("/no-such-page", "application/json"),
+        ("/v1/no-such-route", "text/html"),
+    ] {
+        let response = browser()
+            .get(app.url(path))
+            .header(header::ACCEPT, accept)
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(response.status(), StatusCode::NOT_FOUND, "{path}");
+        let body: Value = response.json().await.expect("JSON");
+        assert_eq!(body["error"]["code"], "not_found", "{path}");
+    }
+}

@@ -224,12 +224,38 @@ async fn watching_a_job_reports_each_change_and_ends_at_available() {
 #[tokio::test]
 async fn watching_a_failed_job_ends_with_its_failure_at_once() {
     let app = spawn_app_with(|_| {}).await;
-    webhook(&app, "FAILED", "ft_failed").await;
+    app.post(json!({"event": "FAILED", "finetune_id": "ft_failed", "error_message": "out of GPU memory"}))
+        .await;
     let base = format!("http://{}", app.addr);
     let ending = tunehook::watch::watch(&base, &app.api_token, "ft_failed", |_| {})
         .await
         .expect("no error");
-    assert_eq!(ending, tunehook::watch::Ending::Failed("FAILED".into()));
+    assert_eq!(
+        ending,
+        tunehook::watch::Ending::Failed {
+            status: "FAILED".into(),
+            error: Some("out of GPU memory".into())
+        }
+    );
+}
+
+#[tokio::test]
+async fn watching_a_stopped_service_fails_at_once_saying_where_it_looked() {
+    // A port that was free a moment ago: nothing listens there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a port")
+        .port();
+    let started = std::time::Instant::now();
+    let error = tunehook::watch::watch(&format!("http://127.0.0.1:{port}"), "t", "ft", |_| {})
+        .await
+        .expect_err("nothing to watch");
+    assert!(started.elapsed() < Duration::from_secs(3), "waited {:?}", started.elapsed());
+    let message = format!("{error:#}");
+    assert!(
+        message.contains(&format!("cannot reach tunehook at http://127.0.0.1:{port}")),
+        "{message}"
+    );
 }
 
 #[tokio::test]
