@@ -9,12 +9,13 @@
 //! exponentially with jitter up to the interval, honouring Segmind's wait;
 //! a refused API key waits a whole interval. It also fetches the details of
 //! jobs that webhooks name for the first time, or that finish without their
-//! URLs, in the background.
+//! URLs, in the background. Its reads go at the client's pace
+//! (`segmind.max_requests_per_second`), shared with the confirmer.
 
 use crate::{
     config::Settings,
     domain::{JobFields, Status},
-    segmind::{RemoteJob, SegmindClient, SegmindError},
+    segmind::{RateLimit, RemoteJob, SegmindClient, SegmindError},
     store::{ReconcileSummary, RemoteObservation, RemoteReport, Store, StoreError},
     telemetry::metrics,
     time::now_rfc3339,
@@ -125,8 +126,16 @@ impl Reconciler {
             .api_key
             .clone()
             .map(|key| {
-                SegmindClient::new(&settings.segmind.base_url, key, settings.segmind.timeout)
-                    .map(|c| c.with_max_response_bytes(settings.segmind.max_response_bytes))
+                SegmindClient::new(&settings.segmind.base_url, key, settings.segmind.timeout).map(
+                    |c| {
+                        // The confirmer asks with a clone: one pace for both.
+                        c.with_max_response_bytes(settings.segmind.max_response_bytes)
+                            .with_rate_limit(RateLimit {
+                                per_second: settings.segmind.max_requests_per_second,
+                                burst: settings.segmind.burst,
+                            })
+                    },
+                )
             })
             .transpose()?;
         let (enrich_tx, enrich_rx) = mpsc::channel(ENRICH_QUEUE);

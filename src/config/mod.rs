@@ -512,8 +512,8 @@ pub struct IngestSettings {
     pub confirm_timeout: Duration,
     pub unconfirmed: Unconfirmed,
     /// Claims waiting for Segmind's API at most; a webhook beyond it is
-    /// stored (outcome `dropped`, confirmation `over_capacity`) and its
-    /// claim is not queued.
+    /// stored (outcome `dropped`, confirmation `unconfirmed`, the reason in
+    /// its `error`) and its claim is not queued.
     pub max_pending_confirmations: usize,
 }
 
@@ -1035,5 +1035,26 @@ mod tests {
     #[test]
     fn the_defaults_are_valid() {
         Settings::default().validate().expect("defaults are valid");
+    }
+
+    #[test]
+    fn the_pace_of_reads_and_the_pending_cap_must_leave_room_for_a_call() {
+        let refused: [fn(&mut Settings); 4] = [
+            |s| s.segmind.max_requests_per_second = 0.0,
+            |s| s.segmind.max_requests_per_second = f64::NAN,
+            |s| s.segmind.burst = 0,
+            |s| s.ingest.max_pending_confirmations = 0,
+        ];
+        for change in refused {
+            let mut settings = Settings::default();
+            change(&mut settings);
+            assert!(settings.validate().is_err());
+        }
+        let slow: Settings = toml::from_str(
+            "[segmind]\nmax_requests_per_second = 0.5\n[ingest]\nunconfirmed = \"hold\"\n",
+        )
+        .expect("a fraction of a call a second, and hold");
+        assert_eq!(slow.ingest.unconfirmed, Unconfirmed::Hold);
+        slow.validate().expect("half a call a second is a pace");
     }
 }

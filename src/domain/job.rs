@@ -82,6 +82,22 @@ impl JobFields {
         self.merge(other, |mine, theirs| mine.is_none() && theirs.is_some())
     }
 
+    /// These fields without any URL (every field whose name ends in `_url`):
+    /// what may be taken from a webhook Segmind's API did not confirm. A
+    /// URL is where users fetch a model or send their prompts, so only
+    /// Segmind's API (or tunehook itself) may set one; an unconfirmed
+    /// webhook may carry a status, never a place to go.
+    pub fn without_urls(&self) -> JobFields {
+        let mut kept = self.clone();
+        let none = JobFields::default();
+        for (name, mine, _) in kept.pairs(&none) {
+            if name.ends_with("_url") {
+                *mine = None;
+            }
+        }
+        kept
+    }
+
     /// Copies each field of `other` for which `take(mine, theirs)` holds.
     fn merge(
         &mut self,
@@ -336,6 +352,42 @@ mod tests {
         assert_eq!(job.fields.trained_model_url.as_deref(), Some("w"));
         assert_eq!(job.fields.inference_api_url.as_deref(), Some("i1"));
         assert_eq!(job.updated_at, "t3");
+    }
+
+    #[test]
+    fn without_urls_drops_every_url_and_keeps_everything_else() {
+        let forged = JobFields {
+            name: Some("portrait".into()),
+            base_model: Some("FLUX_PRO".into()),
+            slug: Some("me/portrait".into()),
+            trained_model_url: Some("https://evil.example/model.safetensors".into()),
+            inference_api_url: Some("https://evil.example/infer".into()),
+            cloud_storage_url: Some("https://evil.example/bucket".into()),
+            error_message: Some("none".into()),
+            created_ts: Some("t0".into()),
+            updated_ts: Some("t1".into()),
+            theme: Some("style".into()),
+            train_type: Some("lora".into()),
+            source_type: Some("zip".into()),
+            data_source_path: Some("s3://bucket/data.zip".into()),
+            public_model: Some(true),
+        };
+        let kept = forged.without_urls();
+        assert_eq!(
+            kept,
+            JobFields {
+                trained_model_url: None,
+                inference_api_url: None,
+                cloud_storage_url: None,
+                ..forged.clone()
+            }
+        );
+        // Whatever fields come to exist, none named `*_url` survives.
+        let mut probe = kept.clone();
+        let none = JobFields::default();
+        for (name, value, _) in probe.pairs(&none) {
+            assert!(!name.ends_with("_url") || value.is_none(), "{name} kept");
+        }
     }
 
     #[test]

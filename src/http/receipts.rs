@@ -38,7 +38,9 @@ pub struct Receipt {
     event_id: Option<String>,
     error: Option<String>,
     /// With `ingest.confirm = "api"`: `pending`, `confirmed`, `contradicted`
-    /// or `unconfirmed`; `null` when confirmation was off.
+    /// or `unconfirmed` (with outcome `dropped` and an `error` saying so when
+    /// the claim was not queued because too many were waiting); `null` when
+    /// confirmation was off.
     confirmation: Option<String>,
     body_sha256: String,
     #[schema(value_type = Object)]

@@ -276,8 +276,9 @@ pub enum Outcome {
     Confirming,
     /// Segmind's API disagreed: not applied.
     Contradicted,
-    /// Segmind's API could not be asked in time and `ingest.unconfirmed`
-    /// is `drop`: not applied.
+    /// Not applied, its claim unconfirmed: Segmind's API could not be
+    /// asked in time and `ingest.unconfirmed` is `drop`, or too many claims
+    /// were waiting already (`ingest.max_pending_confirmations`).
     Dropped,
 }
 

@@ -100,10 +100,14 @@ async fn store(
         payload,
         body: body.to_vec(),
         confirm_until: state.confirmer.deadline(),
+        max_pending_confirmations: state.confirmer.max_pending(),
     };
     let result = state.store.ingest(request).await?;
-    if result.outcome == Outcome::Confirming {
-        state.confirmer.wake();
+    match result.outcome {
+        Outcome::Confirming => state.confirmer.wake(),
+        // Only a claim refused a place in the queue is dropped at once.
+        Outcome::Dropped => metrics::confirmations("over_capacity", 1),
+        _ => {}
     }
     if let (true, Some(id)) = (result.needs_details, &result.finetune_id) {
         state.reconciler.enrich(id);

@@ -7,11 +7,15 @@
 //! follows no redirect, and a 3xx is an error naming only the status and
 //! the host it pointed to. Answers are read up to `segmind.max_response_bytes`,
 //! so a misbehaving API or proxy cannot fill the memory. No error carries a
-//! URL: a base URL may hold credentials of its own.
+//! URL: a base URL may hold credentials of its own. Reads (details, list)
+//! wait their turn in a [`limit::Limiter`] when one is set, shared by every
+//! clone of the client; any 429 pauses them for the wait Segmind asked.
 
+pub mod limit;
 mod types;
 pub mod upload;
 
+pub use limit::RateLimit;
 pub use types::{
     AdvanceParameters, DetailsResponse, PresignedUrl, RemoteJob, SubmitRequest, SubmitResponse,
 };
@@ -19,7 +23,10 @@ pub use types::{
 use crate::{config::Secret, domain::retry::parse_retry_after};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde::de::DeserializeOwned;
-use std::time::Duration;
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 /// Most characters of an undecodable body quoted in an error.
 const SNIPPET: usize = 200;
@@ -84,6 +91,8 @@ pub struct SegmindClient {
     base_url: String,
     api_key: Secret,
     max_response_bytes: u64,
+    /// The pace of reads, shared by every clone; none: as fast as asked.
+    limiter: Option<Arc<limit::Limiter>>,
 }
 
 impl SegmindClient {
@@ -108,7 +117,31 @@ impl SegmindClient {
             base_url: base_url.trim_end_matches('/').to_owned(),
             api_key,
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
+            limiter: None,
         })
+    }
+
+    /// Reads (details, list) at most at `limit`, counted together for this
+    /// client and every clone of it; after a 429 they are refused, without
+    /// a call, until Segmind's wait is over.
+    pub fn with_rate_limit(mut self, limit: RateLimit) -> SegmindClient {
+        self.limiter = Some(Arc::new(limit::Limiter::new(limit, Instant::now())));
+        self
+    }
+
+    /// Waits for this read's turn. While a 429's wait runs, fails at once
+    /// with [`SegmindError::RateLimited`] and the time left: nothing is sent.
+    async fn turn(&self) -> Result<(), SegmindError> {
+        let Some(limiter) = &self.limiter else {
+            return Ok(());
+        };
+        limiter
+            .take()
+            .await
+            .map_err(|left| SegmindError::RateLimited {
+                wait: Some(left),
+                message: "waiting as Segmind asked after a 429; no call made".into(),
+            })
     }
 
     /// Answers larger than `limit` bytes fail with [`SegmindError::TooLarge`].
@@ -134,6 +167,7 @@ impl SegmindClient {
 
     /// `GET /finetune/request/details` with `{"request_id": ID}` as its body.
     pub async fn details(&self, finetune_id: &str) -> Result<Option<RemoteJob>, SegmindError> {
+        self.turn().await?;
         let body = serde_json::json!({ "request_id": finetune_id });
         let answer: DetailsResponse = self
             .decode(
@@ -146,6 +180,7 @@ impl SegmindClient {
 
     /// `GET /finetune/request/list`.
     pub async fn list(&self) -> Result<Vec<RemoteJob>, SegmindError> {
+        self.turn().await?;
         self.decode(self.request(Method::GET, "/finetune/request/list"))
             .await
     }
@@ -193,6 +228,10 @@ impl SegmindClient {
             });
         }
         let wait = retry_wait(&response);
+        if let (StatusCode::TOO_MANY_REQUESTS, Some(limiter)) = (status, &self.limiter) {
+            // The key is rate limited whichever endpoint said so.
+            limiter.pause(Instant::now(), wait);
+        }
         let body = read_capped(response, self.max_response_bytes).await?;
         if status.is_success() {
             return Ok(body);

@@ -45,6 +45,14 @@ pub(super) fn insert_pending(conn: &dyn Conn, pending: &[Pending<'_>]) -> DbResu
     Ok(())
 }
 
+/// How many claims wait for Segmind's API.
+pub(super) fn count_pending(conn: &dyn Conn) -> DbResult<usize> {
+    let count: i64 = conn
+        .query_one("SELECT COUNT(*) FROM confirmations", &[])?
+        .get(0)?;
+    Ok(usize::try_from(count).unwrap_or(usize::MAX))
+}
+
 /// A claim waiting for Segmind's API, as the confirmer reads it.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct PendingClaim {
@@ -77,7 +85,8 @@ pub enum SettlementKind {
     /// the job takes what the API says, when it knows the job.
     Contradicted { api: Option<RemoteObservation> },
     /// Segmind could not be reached until the deadline: apply the claim on
-    /// the webhook's word, or not (`ingest.unconfirmed = "drop"`).
+    /// the webhook's word (its status and fields, never its URLs), or not
+    /// (`ingest.unconfirmed = "drop"`).
     Unconfirmed { apply: bool },
     /// Still open: ask again at `next_check_at`.
     Later {
@@ -171,8 +180,11 @@ pub(super) fn settle(
             }
             SettlementKind::Unconfirmed { apply: true } => {
                 summary.unconfirmed += 1;
+                // On the webhook's word: its status, never its URLs (a
+                // forged `trained_model_url` would send users to the
+                // forger's model).
                 let payload = stored_payload(conn, settlement.receipt_id)?;
-                let fields = payload.map(|p| p.fields).unwrap_or_default();
+                let fields = payload.map(|p| p.fields.without_urls()).unwrap_or_default();
                 (observe(&fields, &mut planner, &mut summary), "unconfirmed")
             }
             SettlementKind::Unconfirmed { apply: false } => {

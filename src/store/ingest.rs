@@ -27,6 +27,12 @@ pub struct IngestRequest {
     /// When set, the webhook's claim waits, stored, for Segmind's API to
     /// agree, until this time (RFC 3339); when unset it is applied at once.
     pub confirm_until: Option<String>,
+    /// With `confirm_until`: how many claims may wait at once. A claim
+    /// beyond it is not queued: the webhook is stored with outcome
+    /// `dropped`, confirmation `unconfirmed` and [`NOT_QUEUED`] as its
+    /// error, and never applied on its word; a real change still arrives
+    /// with the reconciler's pass.
+    pub max_pending_confirmations: usize,
 }
 
 /// What storing a webhook did.
@@ -46,8 +52,9 @@ pub enum Outcome {
     Confirming,
     /// Segmind's API disagreed: not applied.
     Contradicted,
-    /// Segmind's API could not be asked in time and `ingest.unconfirmed`
-    /// is `drop`: not applied.
+    /// Not applied, its claim unconfirmed: Segmind's API could not be
+    /// asked in time and `ingest.unconfirmed` is `drop`, or too many claims
+    /// were waiting already (`ingest.max_pending_confirmations`).
     Dropped,
 }
 
@@ -128,6 +135,13 @@ pub(super) fn execute_batch(
         .query_one("SELECT COALESCE(MAX(id), 0) + 1 FROM receipts", &[])?
         .get(0)?;
 
+    // Claims already waiting, counted once a batch: only the writer adds
+    // them, so counting on through the batch keeps the number true.
+    let mut waiting = if requests.iter().any(|r| r.confirm_until.is_some()) {
+        confirm::count_pending(conn)?
+    } else {
+        0
+    };
     let mut results = Vec::with_capacity(requests.len());
     let mut pending = Vec::new();
     for (receipt_id, request) in (next_id..).zip(requests) {
@@ -151,14 +165,19 @@ pub(super) fn execute_batch(
         if let (Some(deadline), Some((finetune_id, status))) =
             (&request.confirm_until, observable(request))
         {
-            result.outcome = Outcome::Confirming;
-            pending.push(confirm::Pending {
-                receipt_id,
-                finetune_id,
-                status,
-                received_at: &request.received_at,
-                deadline,
-            });
+            if waiting >= request.max_pending_confirmations {
+                result.outcome = Outcome::Dropped;
+            } else {
+                waiting += 1;
+                result.outcome = Outcome::Confirming;
+                pending.push(confirm::Pending {
+                    receipt_id,
+                    finetune_id,
+                    status,
+                    received_at: &request.received_at,
+                    deadline,
+                });
+            }
         } else if let (Ok(payload), Some((finetune_id, status))) =
             (&request.payload, observable(request))
         {
@@ -198,6 +217,20 @@ pub(super) fn execute_batch(
     Ok(results)
 }
 
+/// Why a receipt is `dropped` as it is stored (the only way it can be then).
+pub const NOT_QUEUED: &str =
+    "not queued for confirmation: ingest.max_pending_confirmations claims were already waiting";
+
+/// A receipt's `confirmation` as stored, and a note for its `error`: a
+/// claim waiting, or one refused a place because too many wait.
+fn confirmation_at_receipt(outcome: Outcome) -> (Option<&'static str>, Option<&'static str>) {
+    match outcome {
+        Outcome::Confirming => (Some("pending"), None),
+        Outcome::Dropped => (Some("unconfirmed"), Some(NOT_QUEUED)),
+        _ => (None, None),
+    }
+}
+
 /// The job id and status of a request that names both.
 fn observable(request: &IngestRequest) -> Option<(&str, &crate::domain::Status)> {
     let payload = request.payload.as_ref().ok()?;
@@ -210,8 +243,9 @@ fn insert_receipts(
     results: &[IngestResult],
 ) -> DbResult<()> {
     for (request, result) in requests.iter().zip(results) {
+        let (confirmation, note) = confirmation_at_receipt(result.outcome);
         let (event_id, error) = match &request.payload {
-            Ok(payload) => (payload.event_id.as_deref(), None),
+            Ok(payload) => (payload.event_id.as_deref(), note),
             Err(reason) => (None, Some(reason.as_str())),
         };
         conn.execute(
@@ -229,7 +263,7 @@ fn insert_receipts(
                 result.status,
                 event_id,
                 error,
-                (result.outcome == Outcome::Confirming).then_some("pending"),
+                confirmation,
             ],
         )?;
     }

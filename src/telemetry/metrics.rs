@@ -54,7 +54,7 @@ fn describe() {
     );
     describe_counter!(
         "tunehook_confirmations_total",
-        "Webhook claims settled against Segmind's API, by result (confirmed, contradicted, unconfirmed, dropped)."
+        "Webhook claims settled against Segmind's API, by result (confirmed, contradicted, unconfirmed, dropped; over_capacity: not queued, too many were waiting)."
     );
     describe_counter!(
         "tunehook_transitions_total",

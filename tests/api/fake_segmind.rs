@@ -36,6 +36,14 @@ pub enum ListAnswer {
     Hang,
 }
 
+/// Details calls answered 429: with `Retry-After: retry_after` seconds
+/// when given, for the next `calls` of them (every one when `None`).
+#[derive(Debug, Clone, Copy)]
+struct Throttle {
+    retry_after: Option<u64>,
+    calls: Option<usize>,
+}
+
 #[derive(Debug, Clone)]
 pub struct Call {
     pub method: Method,
@@ -48,6 +56,8 @@ pub struct Call {
 struct Inner {
     jobs: Vec<Value>,
     details: HashMap<String, Value>,
+    /// While set, details calls answer 429.
+    details_throttled: Option<Throttle>,
     answers: Vec<ListAnswer>,
     calls: Vec<Call>,
     access: Vec<(String, String)>,
@@ -109,6 +119,41 @@ impl FakeSegmind {
     /// A job only the details endpoint knows.
     pub fn set_details(&self, id: &str, job: Value) {
         self.with(|i| i.details.insert(id.to_owned(), job));
+    }
+
+    /// From now on every details call answers 429, with `Retry-After:
+    /// retry_after` (seconds) when given, until [`FakeSegmind::stop_throttling`].
+    pub fn throttle_details(&self, retry_after: Option<u64>) {
+        self.with(|i| {
+            i.details_throttled = Some(Throttle {
+                retry_after,
+                calls: None,
+            })
+        });
+    }
+
+    /// The next `calls` details calls answer 429, with `Retry-After:
+    /// retry_after` (seconds) when given; then details answer again.
+    pub fn throttle_next_details(&self, calls: usize, retry_after: Option<u64>) {
+        self.with(|i| {
+            i.details_throttled = Some(Throttle {
+                retry_after,
+                calls: Some(calls),
+            })
+        });
+    }
+
+    /// Details calls are answered again.
+    pub fn stop_throttling(&self) {
+        self.with(|i| i.details_throttled = None);
+    }
+
+    /// The details calls that asked about `id`, in order.
+    pub fn details_calls_for(&self, id: &str) -> Vec<Call> {
+        self.calls("/finetune/request/details")
+            .into_iter()
+            .filter(|c| c.body["request_id"] == id)
+            .collect()
     }
 
     /// The next answers of the list endpoint, in order; then `Jobs`.
@@ -234,11 +279,36 @@ async fn details(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) 
     let Some(id) = body["request_id"].as_str() else {
         return bad_request("request_id is required in the body");
     };
-    let job = shared
+    let (throttled, job) = shared
         .0
         .lock()
-        .ok()
-        .and_then(|i| i.details.get(id).cloned());
+        .map(|mut i| {
+            let throttled = i.details_throttled;
+            // A counted throttle is used up call by call.
+            if let Some(Throttle {
+                calls: Some(left), ..
+            }) = &mut i.details_throttled
+            {
+                *left = left.saturating_sub(1);
+                if *left == 0 {
+                    i.details_throttled = None;
+                }
+            }
+            (throttled, i.details.get(id).cloned())
+        })
+        .unwrap_or_default();
+    if let Some(Throttle { retry_after, .. }) = throttled {
+        let body = Json(json!({"error": "Too many requests"}));
+        return match retry_after {
+            Some(s) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                [("retry-after", s.to_string())],
+                body,
+            )
+                .into_response(),
+            None => (StatusCode::TOO_MANY_REQUESTS, body).into_response(),
+        };
+    }
     match job {
         Some(job) => Json(json!({"finetune": job})).into_response(),
         None => (
