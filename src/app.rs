@@ -91,8 +91,15 @@ impl Application {
             store.clone(),
             reconciler.client().cloned(),
         ));
+        // API callers choose the URL: only public addresses, unless the
+        // operator's datasets live on their own network.
+        let reach = if settings.dataset.allow_private {
+            crate::dataset::remote::Reach::Anywhere
+        } else {
+            crate::dataset::remote::Reach::Public
+        };
         let url_checker = Arc::new(
-            crate::dataset::remote::UrlChecker::new(settings.segmind.timeout)
+            crate::dataset::remote::UrlChecker::new(settings.segmind.timeout, reach)
                 .context("cannot build the HTTP client for dataset checks")?,
         );
         let feed = Arc::new(

@@ -11,7 +11,11 @@
 
 use crate::{
     config::Settings,
-    dataset::{self, local::check_zip, remote::UrlChecker},
+    dataset::{
+        self,
+        local::check_zip,
+        remote::{Reach, UrlChecker},
+    },
     domain::finetune_request::{self, DatasetLocation, SubmitRequest},
     segmind::{SegmindClient, upload::Uploader},
     store::{Store, Submission, WriterTask},
@@ -238,7 +242,8 @@ fn check_local(path: &Path) -> Result<(), Failure> {
 }
 
 async fn check_url(settings: &Settings, url: &str) -> Result<(), Failure> {
-    let checker = UrlChecker::new(settings.segmind.timeout)
+    // The user's own machine: local URLs are theirs to check.
+    let checker = UrlChecker::new(settings.segmind.timeout, Reach::Anywhere)
         .map_err(|e| Failure::Remote(format!("cannot build the HTTP client: {e}")))?;
     let report = checker.check(url).await;
     for note in &report.notes {

@@ -113,6 +113,7 @@ pub struct Settings {
     pub ingest: IngestSettings,
     pub api: TokenSettings,
     pub segmind: SegmindSettings,
+    pub dataset: DatasetSettings,
     pub log: LogSettings,
     pub reconcile: ReconcileSettings,
     pub metrics: MetricsSettings,
@@ -559,6 +560,17 @@ impl Default for SegmindSettings {
             burst: 10,
         }
     }
+}
+
+/// The check of the dataset URL `POST /v1/finetunes` is given.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatasetSettings {
+    /// Whether the check may fetch private, local and other special-purpose
+    /// addresses, and ports other than 80 and 443: for datasets on the
+    /// user's own network. Off, an API caller cannot make tunehook probe
+    /// the network it runs in (the default).
+    pub allow_private: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use std::time::Duration;
 use tunehook::{
     config::{Secret, Settings, SinkSettings},
-    dataset::remote::UrlChecker,
+    dataset::remote::{Reach, UrlChecker},
 };
 
 fn segmind(settings: &mut Settings, fake: &FakeSegmind) {
@@ -23,6 +23,8 @@ fn segmind(settings: &mut Settings, fake: &FakeSegmind) {
     // Webhooks are applied as they come: this file is about submissions.
     settings.ingest.confirm = Some(tunehook::config::Confirm::Off);
     settings.segmind.timeout = Duration::from_secs(5);
+    // The fake's datasets are on 127.0.0.1.
+    settings.dataset.allow_private = true;
     settings.reconcile.initial_delay = Duration::from_secs(3600);
     settings.reconcile.interval = Duration::from_secs(3600);
 }
@@ -303,7 +305,7 @@ async fn a_dataset_url_that_would_fail_at_segmind_is_refused_before_it_is_sent()
 #[tokio::test]
 async fn a_url_reached_through_a_redirect_passes_and_the_redirect_is_reported() {
     let fake = FakeSegmind::start().await;
-    let checker = UrlChecker::new(Duration::from_secs(5)).expect("a checker");
+    let checker = UrlChecker::new(Duration::from_secs(5), Reach::Anywhere).expect("a checker");
     let report = checker.check(&fake.dataset_url("moved.zip")).await;
     assert!(report.is_ok(), "{report:?}");
     assert!(

@@ -39,6 +39,8 @@ mod reconcile;
 mod security;
 #[path = "../api/segmind_client.rs"]
 mod segmind_client;
+#[path = "../api/ssrf.rs"]
+mod ssrf;
 #[path = "../api/streams.rs"]
 mod streams;
 #[path = "../api/webhooks.rs"]
