@@ -233,6 +233,68 @@ pub fn memory_kib(pid: u32) -> (u64, u64) {
     (field("VmHWM:"), field("VmRSS:"))
 }
 
+/// CPU seconds (user and system) a process has used, all its threads
+/// together, from `/proc/<pid>/stat` (in clock ticks of 1/100 s, as Linux
+/// reports them to programs); 0 when it cannot be read.
+pub fn process_cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let Some((_, after)) = stat.rsplit_once(')') else {
+        return 0.0;
+    };
+    // After the command: state, ppid, …; utime and stime are the 12th and
+    // 13th fields from there.
+    let ticks: u64 = after
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|v| v.parse::<u64>().ok())
+        .sum();
+    ticks as f64 / 100.0
+}
+
+/// CPU seconds the whole machine has spent busy (all cores, any process),
+/// from `/proc/stat`: what tunehook and the server used, and what anything
+/// else running on the machine took from them.
+pub fn machine_busy_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal …: busy is all but
+    // idle and iowait (guest time is counted in user already).
+    let busy: u64 = ticks
+        .iter()
+        .take(8)
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .map(|(_, v)| v)
+        .sum();
+    busy as f64 / 100.0
+}
+
+/// How long the thread of `pid` named `name` ran on a CPU and waited for
+/// one while runnable, in seconds (`/proc/<pid>/task/<tid>/schedstat`).
+pub fn thread_schedstat(pid: u32, name: &str) -> Option<(f64, f64)> {
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let path = entry.ok()?.path();
+        let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        if comm.trim_end() != name {
+            continue;
+        }
+        let schedstat = std::fs::read_to_string(path.join("schedstat")).ok()?;
+        let mut fields = schedstat.split_whitespace().map(|v| v.parse::<u64>().ok());
+        let ran = fields.next()??;
+        let waited = fields.next()??;
+        return Some((ran as f64 / 1e9, waited as f64 / 1e9));
+    }
+    None
+}
+
 pub struct LoadResult {
     pub requests: u64,
     pub errors: u64,
