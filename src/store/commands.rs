@@ -7,7 +7,7 @@
 
 use super::{
     confirm::{self, ConfirmSummary, Settlement},
-    outbox::{self, AttemptRecord, ReplayChunk, ReplayedChunk, SinkRoute},
+    outbox::{self, ReplayChunk, ReplayedChunk, SinkRoute},
     prune::{self, PruneCutoffs, PruneReport, PruneStep},
     reconcile::{self, ReconcileSummary, RemoteReport},
     sessions::{self, NewSession},
@@ -48,16 +48,6 @@ impl Command for RotateToken {
     type Answer = String;
     fn run(&self, conn: &dyn Conn, _: &[SinkRoute]) -> DbResult<String> {
         tokens::rotate(conn, self.0)
-    }
-}
-
-/// A delivery attempt and what follows it.
-pub(super) struct RecordAttempt(pub AttemptRecord);
-
-impl Command for RecordAttempt {
-    type Answer = ();
-    fn run(&self, conn: &dyn Conn, _: &[SinkRoute]) -> DbResult<()> {
-        outbox::record_attempt(conn, &self.0)
     }
 }
 

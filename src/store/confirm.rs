@@ -11,7 +11,7 @@ use super::{
     outbox::SinkRoute,
     plan::Planner,
     reconcile::RemoteObservation,
-    sql::{Conn, DbResult, args, query},
+    sql::{Conn, DbResult, args, query, row},
 };
 use crate::{
     domain::{Decision, Observation, Payload, Source, Status},
@@ -29,19 +29,24 @@ pub(super) struct Pending<'a> {
 }
 
 pub(super) fn insert_pending(conn: &dyn Conn, pending: &[Pending<'_>]) -> DbResult<()> {
-    for p in pending {
-        conn.execute(
-            "INSERT INTO confirmations (receipt_id, finetune_id, status, deadline, next_check_at)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
-            args![
+    let rows: Vec<_> = pending
+        .iter()
+        .map(|p| {
+            row![
                 p.receipt_id,
                 p.finetune_id,
                 p.status.as_str(),
                 p.deadline,
                 p.received_at
-            ],
-        )?;
-    }
+            ]
+        })
+        .collect();
+    conn.execute_rows(
+        "INSERT INTO confirmations (receipt_id, finetune_id, status, deadline, next_check_at)
+         SELECT * FROM {rows}",
+        &[],
+        &rows,
+    )?;
     Ok(())
 }
 

@@ -5,7 +5,7 @@
 
 use super::{
     Store, StoreError,
-    sql::{Conn, DbResult, args, query},
+    sql::{Conn, DbResult, query, row},
 };
 use crate::domain::event::EventType;
 
@@ -27,14 +27,12 @@ pub struct NewEvent {
 }
 
 pub fn insert(conn: &dyn Conn, events: &[NewEvent]) -> DbResult<()> {
-    for e in events {
-        let changed = (e.kind == EventType::Updated)
-            .then(|| serde_json::Value::from(e.changed.clone()).to_string());
-        conn.execute(
-            "INSERT INTO events (event_id, type, finetune_id, status, previous_status, changed,
-                source, observed_at, body)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            args![
+    let rows: Vec<_> = events
+        .iter()
+        .map(|e| {
+            let changed = (e.kind == EventType::Updated)
+                .then(|| serde_json::Value::from(e.changed.clone()).to_string());
+            row![
                 e.event_id,
                 e.kind.as_str(),
                 e.finetune_id,
@@ -44,9 +42,17 @@ pub fn insert(conn: &dyn Conn, events: &[NewEvent]) -> DbResult<()> {
                 e.source,
                 e.observed_at,
                 e.body,
-            ],
-        )?;
-    }
+            ]
+        })
+        .collect();
+    // Ids in the order of `events`: the order sinks and streams follow.
+    conn.execute_rows(
+        "INSERT INTO events (event_id, type, finetune_id, status, previous_status, changed,
+            source, observed_at, body)
+         SELECT * FROM {rows}",
+        &[],
+        &rows,
+    )?;
     Ok(())
 }
 

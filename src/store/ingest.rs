@@ -9,7 +9,7 @@ use super::{
     confirm,
     outbox::SinkRoute,
     plan::Planner,
-    sql::{Conn, DbError, DbResult, args},
+    sql::{Conn, DbResult, row},
 };
 use crate::domain::{Decision, Job, Observation, Payload, Source};
 use std::collections::BTreeSet;
@@ -106,18 +106,6 @@ pub struct IngestResult {
 }
 
 /// Stores `requests` in order; answers one result per request.
-/// Stores one webhook, as a batch of one.
-pub(super) fn execute_one(
-    conn: &dyn Conn,
-    request: &IngestRequest,
-    routes: &[SinkRoute],
-) -> DbResult<IngestResult> {
-    // A batch answers one result per request.
-    execute_batch(conn, &[request], routes)?
-        .pop()
-        .ok_or_else(|| DbError::unavailable("a batch of one answered nothing"))
-}
-
 pub(super) fn execute_batch(
     conn: &dyn Conn,
     requests: &[&IngestRequest],
@@ -242,17 +230,16 @@ fn insert_receipts(
     requests: &[&IngestRequest],
     results: &[IngestResult],
 ) -> DbResult<()> {
-    for (request, result) in requests.iter().zip(results) {
-        let (confirmation, note) = confirmation_at_receipt(result.outcome);
-        let (event_id, error) = match &request.payload {
-            Ok(payload) => (payload.event_id.as_deref(), note),
-            Err(reason) => (None, Some(reason.as_str())),
-        };
-        conn.execute(
-            "INSERT INTO receipts (id, received_at, body, body_sha256, headers, outcome,
-                finetune_id, status, event_id, error, confirmation)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-            args![
+    let rows: Vec<_> = requests
+        .iter()
+        .zip(results)
+        .map(|(request, result)| {
+            let (confirmation, note) = confirmation_at_receipt(result.outcome);
+            let (event_id, error) = match &request.payload {
+                Ok(payload) => (payload.event_id.as_deref(), note),
+                Err(reason) => (None, Some(reason.as_str())),
+            };
+            row![
                 result.receipt_id,
                 request.received_at,
                 request.body,
@@ -264,8 +251,15 @@ fn insert_receipts(
                 event_id,
                 error,
                 confirmation,
-            ],
-        )?;
-    }
+            ]
+        })
+        .collect();
+    conn.execute_rows(
+        "INSERT INTO receipts (id, received_at, body, body_sha256, headers, outcome,
+            finetune_id, status, event_id, error, confirmation)
+         SELECT * FROM {rows}",
+        &[],
+        &rows,
+    )?;
     Ok(())
 }

@@ -6,7 +6,7 @@
 //! without `ON CONFLICT`, so a second row for the same job and status
 //! (`UNIQUE (finetune_id, to_status)`) fails the write instead of passing.
 
-use super::sql::{Conn, DbResult, args};
+use super::sql::{Conn, DbResult, row};
 use crate::domain::{Job, JobFields, Source, Status};
 use std::collections::{BTreeSet, HashMap};
 
@@ -25,52 +25,57 @@ pub struct NewTransition {
 /// The jobs with these ids, with every status recorded for each; an id with
 /// no job maps to `None`.
 pub fn load(conn: &dyn Conn, ids: &BTreeSet<&str>) -> DbResult<HashMap<String, Option<Job>>> {
-    const SELECT_JOB: &str = "SELECT status, name, base_model, slug, trained_model_url,
-                inference_api_url, cloud_storage_url, error_message, created_ts, updated_ts,
-                theme, train_type, source_type, data_source_path, public_model,
-                webhook_status, segmind_status, first_seen_at, updated_at
-         FROM jobs WHERE finetune_id = ?1";
-    let mut jobs = HashMap::with_capacity(ids.len());
-    for &id in ids {
-        let job = match conn.query_opt(SELECT_JOB, args![id])? {
-            None => None,
-            Some(row) => {
-                let mut job = Job {
-                    finetune_id: id.to_owned(),
-                    status: Status::from_stored(&row.get::<String>(0)?),
-                    fields: JobFields {
-                        name: row.get(1)?,
-                        base_model: row.get(2)?,
-                        slug: row.get(3)?,
-                        trained_model_url: row.get(4)?,
-                        inference_api_url: row.get(5)?,
-                        cloud_storage_url: row.get(6)?,
-                        error_message: row.get(7)?,
-                        created_ts: row.get(8)?,
-                        updated_ts: row.get(9)?,
-                        theme: row.get(10)?,
-                        train_type: row.get(11)?,
-                        source_type: row.get(12)?,
-                        data_source_path: row.get(13)?,
-                        public_model: row.get(14)?,
-                    },
-                    webhook_status: stored_status(&row, 15)?,
-                    segmind_status: stored_status(&row, 16)?,
-                    first_seen_at: row.get(17)?,
-                    updated_at: row.get(18)?,
-                    recorded: BTreeSet::new(),
-                };
-                for row in conn.query(
-                    "SELECT to_status FROM transitions WHERE finetune_id = ?1",
-                    args![id],
-                )? {
-                    job.recorded
-                        .insert(Status::from_stored(&row.get::<String>(0)?));
-                }
-                Some(job)
-            }
+    let names: Vec<_> = ids.iter().map(|id| row![id]).collect();
+    let mut jobs: HashMap<String, Option<Job>> =
+        ids.iter().map(|&id| (id.to_owned(), None)).collect();
+    for row in conn.query_rows(
+        "SELECT j.finetune_id, j.status, j.name, j.base_model, j.slug, j.trained_model_url,
+                j.inference_api_url, j.cloud_storage_url, j.error_message, j.created_ts,
+                j.updated_ts, j.theme, j.train_type, j.source_type, j.data_source_path,
+                j.public_model, j.webhook_status, j.segmind_status, j.first_seen_at,
+                j.updated_at
+         FROM {rows} JOIN jobs j ON j.finetune_id = v.column1",
+        &[],
+        &names,
+    )? {
+        let job = Job {
+            finetune_id: row.get(0)?,
+            status: Status::from_stored(&row.get::<String>(1)?),
+            fields: JobFields {
+                name: row.get(2)?,
+                base_model: row.get(3)?,
+                slug: row.get(4)?,
+                trained_model_url: row.get(5)?,
+                inference_api_url: row.get(6)?,
+                cloud_storage_url: row.get(7)?,
+                error_message: row.get(8)?,
+                created_ts: row.get(9)?,
+                updated_ts: row.get(10)?,
+                theme: row.get(11)?,
+                train_type: row.get(12)?,
+                source_type: row.get(13)?,
+                data_source_path: row.get(14)?,
+                public_model: row.get(15)?,
+            },
+            webhook_status: stored_status(&row, 16)?,
+            segmind_status: stored_status(&row, 17)?,
+            first_seen_at: row.get(18)?,
+            updated_at: row.get(19)?,
+            recorded: BTreeSet::new(),
         };
-        jobs.insert(id.to_owned(), job);
+        jobs.insert(job.finetune_id.clone(), Some(job));
+    }
+    for row in conn.query_rows(
+        "SELECT t.finetune_id, t.to_status
+         FROM {rows} JOIN transitions t ON t.finetune_id = v.column1",
+        &[],
+        &names,
+    )? {
+        let id: String = row.get(0)?;
+        if let Some(Some(job)) = jobs.get_mut(&id) {
+            job.recorded
+                .insert(Status::from_stored(&row.get::<String>(1)?));
+        }
     }
     Ok(jobs)
 }
@@ -84,14 +89,14 @@ fn stored_status(row: &super::sql::Row, index: usize) -> DbResult<Option<Status>
 /// Writes these jobs as they are now: new ones inserted, known ones updated
 /// (their `first_seen_at` kept).
 pub fn upsert(conn: &dyn Conn, jobs: &[&Job]) -> DbResult<()> {
+    // `WHERE true` keeps SQLite from reading `ON CONFLICT` as a join's.
     const UPSERT: &str =
         "INSERT INTO jobs (finetune_id, status, status_rank, name, base_model, slug,
             trained_model_url, inference_api_url, cloud_storage_url, error_message,
             created_ts, updated_ts, theme, train_type, source_type, data_source_path,
             public_model, webhook_status, segmind_status,
             first_seen_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
-            ?17, ?18, ?19, ?20, ?21)
+         SELECT * FROM {rows} WHERE true
          ON CONFLICT (finetune_id) DO UPDATE SET
             status = excluded.status, status_rank = excluded.status_rank,
             name = excluded.name, base_model = excluded.base_model, slug = excluded.slug,
@@ -105,11 +110,11 @@ pub fn upsert(conn: &dyn Conn, jobs: &[&Job]) -> DbResult<()> {
             public_model = excluded.public_model, webhook_status = excluded.webhook_status,
             segmind_status = excluded.segmind_status,
             updated_at = excluded.updated_at";
-    for job in jobs {
-        let f = &job.fields;
-        conn.execute(
-            UPSERT,
-            args![
+    let rows: Vec<_> = jobs
+        .iter()
+        .map(|job| {
+            let f = &job.fields;
+            row![
                 job.finetune_id,
                 job.status.as_str(),
                 job.status.rank(),
@@ -131,19 +136,19 @@ pub fn upsert(conn: &dyn Conn, jobs: &[&Job]) -> DbResult<()> {
                 job.segmind_status.as_ref().map(Status::as_str),
                 job.first_seen_at,
                 job.updated_at,
-            ],
-        )?;
-    }
+            ]
+        })
+        .collect();
+    // One row per job: a statement may change a row only once.
+    conn.execute_rows(UPSERT, &[], &rows)?;
     Ok(())
 }
 
 pub fn insert_transitions(conn: &dyn Conn, transitions: &[NewTransition]) -> DbResult<()> {
-    for t in transitions {
-        conn.execute(
-            "INSERT INTO transitions (event_id, finetune_id, from_status, to_status, source,
-                observed_at, receipt_id)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            args![
+    let rows: Vec<_> = transitions
+        .iter()
+        .map(|t| {
+            row![
                 t.event_id,
                 t.finetune_id,
                 t.from_status,
@@ -151,8 +156,15 @@ pub fn insert_transitions(conn: &dyn Conn, transitions: &[NewTransition]) -> DbR
                 t.source.as_str(),
                 t.observed_at,
                 t.receipt_id,
-            ],
-        )?;
-    }
+            ]
+        })
+        .collect();
+    conn.execute_rows(
+        "INSERT INTO transitions (event_id, finetune_id, from_status, to_status, source,
+            observed_at, receipt_id)
+         SELECT * FROM {rows}",
+        &[],
+        &rows,
+    )?;
     Ok(())
 }

@@ -209,7 +209,7 @@ impl Store {
 
     /// Records a delivery attempt and what follows it.
     pub async fn record_attempt(&self, record: AttemptRecord) -> Result<(), StoreError> {
-        self.writer.run(commands::RecordAttempt(record)).await
+        self.writer.record_attempt(record).await
     }
 
     /// Puts a dead or delivered delivery back to pending, due now. False

@@ -11,10 +11,10 @@
 
 use super::{
     Store, StoreError,
-    sql::{Arg, Conn, DbResult, Pool, ToArg, args, query},
+    sql::{Arg, Conn, DbResult, Pool, ToArg, args, query, row},
 };
 use crate::domain::{Status, event::EventType};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// A configured sink as the store sees it: its name and its filters.
 #[derive(Debug, Clone)]
@@ -61,17 +61,29 @@ pub(super) fn insert_deliveries(
     deliveries: &[NewDelivery],
     now: &str,
 ) -> DbResult<()> {
-    for d in deliveries {
-        conn.execute(
-            "INSERT INTO deliveries (sink, event_id, finetune_id, status, next_attempt_at, created_at)
-             VALUES (?1, ?2, ?3, 'pending',
-                CASE WHEN EXISTS (SELECT 1 FROM deliveries
-                                  WHERE sink = ?1 AND finetune_id = ?3 AND status = 'pending')
-                     THEN ?5 ELSE ?4 END,
-                ?4)",
-            args![d.sink, d.event_id, d.finetune_id, now, WAITING],
-        )?;
-    }
+    // A delivery waits when an older one of its job to its sink is pending:
+    // one already stored, or one earlier in this list (the rows of one
+    // statement do not see each other, so those are marked here).
+    let mut queued = std::collections::HashSet::new();
+    let rows: Vec<_> = deliveries
+        .iter()
+        .map(|d| {
+            let behind = !queued.insert((d.sink.as_str(), d.finetune_id.as_str()));
+            row![d.sink, d.event_id, d.finetune_id, behind]
+        })
+        .collect();
+    conn.execute_rows(
+        "INSERT INTO deliveries (sink, event_id, finetune_id, status, next_attempt_at, created_at)
+         SELECT v.column1, v.column2, v.column3, 'pending',
+            CASE WHEN v.column4 OR EXISTS (SELECT 1 FROM deliveries d
+                                           WHERE d.sink = v.column1 AND d.finetune_id = v.column3
+                                             AND d.status = 'pending')
+                 THEN ?2 ELSE ?1 END,
+            ?1
+         FROM {rows}",
+        args![now, WAITING],
+        &rows,
+    )?;
     Ok(())
 }
 
@@ -97,51 +109,85 @@ pub struct AttemptRecord {
     pub next: NextStep,
 }
 
-pub(super) fn record_attempt(conn: &dyn Conn, r: &AttemptRecord) -> DbResult<()> {
-    conn.execute(
-        "INSERT INTO delivery_attempts (delivery_id, started_at, duration_ms, status_code, exit_code, error, response)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        args![
-        r.delivery_id,
-        r.started_at,
-        r.duration_ms,
-        r.status_code,
-        r.exit_code,
-        r.error,
-        r.response,
-    ],
+/// Records attempts, each on a different delivery (a delivery has one
+/// attempt in flight at a time), and what follows each: its delivery
+/// delivered, dead or due again, and when a head is done with, the next
+/// delivery of its job to its sink due.
+pub(super) fn record_attempts(conn: &dyn Conn, records: &[&AttemptRecord]) -> DbResult<()> {
+    let attempts: Vec<_> = records
+        .iter()
+        .map(|r| {
+            row![
+                r.delivery_id,
+                r.started_at,
+                r.duration_ms,
+                r.status_code,
+                r.exit_code,
+                r.error,
+                r.response,
+            ]
+        })
+        .collect();
+    conn.execute_rows(
+        "INSERT INTO delivery_attempts (delivery_id, started_at, duration_ms, status_code,
+            exit_code, error, response)
+         SELECT * FROM {rows}",
+        &[],
+        &attempts,
     )?;
-    let (status, next_at, delivered_at) = match &r.next {
-        NextStep::Delivered => ("delivered", None, Some(r.finished_at.as_str())),
-        NextStep::RetryAt(at) => ("pending", Some(at.as_str()), None),
-        NextStep::Dead => ("dead", None, None),
-    };
-    let updated = conn.execute(
-        "UPDATE deliveries SET status = ?1, attempts = attempts + 1, retry_step = retry_step + 1,
-            next_attempt_at = COALESCE(?2, next_attempt_at), delivered_at = COALESCE(?3, delivered_at),
-            last_error = ?4, last_status_code = ?5, last_attempt_at = ?6
-         WHERE id = ?7 AND status = 'pending'",
-        args![
-        status,
-        next_at,
-        delivered_at,
-        r.error,
-        r.status_code.or(r.exit_code),
-        r.started_at,
-        r.delivery_id,
-    ],
+    let outcomes: Vec<_> = records
+        .iter()
+        .map(|r| {
+            let (status, next_at, delivered_at) = match &r.next {
+                NextStep::Delivered => ("delivered", None, Some(r.finished_at.as_str())),
+                NextStep::RetryAt(at) => ("pending", Some(at.as_str()), None),
+                NextStep::Dead => ("dead", None, None),
+            };
+            row![
+                r.delivery_id,
+                status,
+                next_at,
+                delivered_at,
+                r.error,
+                r.status_code.or(r.exit_code),
+                r.started_at,
+            ]
+        })
+        .collect();
+    let updated: BTreeSet<i64> = conn
+        .query_rows(
+            "UPDATE deliveries SET status = v.column2, attempts = deliveries.attempts + 1,
+                retry_step = deliveries.retry_step + 1,
+                next_attempt_at = COALESCE(v.column3, deliveries.next_attempt_at),
+                delivered_at = COALESCE(v.column4, deliveries.delivered_at),
+                last_error = v.column5, last_status_code = v.column6, last_attempt_at = v.column7
+             FROM {rows}
+             WHERE deliveries.id = v.column1 AND deliveries.status = 'pending'
+             RETURNING deliveries.id",
+            &[],
+            &outcomes,
+        )?
+        .iter()
+        .map(|row| row.get(0))
+        .collect::<DbResult<_>>()?;
+    // The heads done with: the next delivery of each one's job is due.
+    let ended: Vec<_> = records
+        .iter()
+        .filter(|r| updated.contains(&r.delivery_id) && !matches!(r.next, NextStep::RetryAt(_)))
+        .map(|r| row![r.delivery_id, r.finished_at])
+        .collect();
+    conn.execute_rows(
+        "UPDATE deliveries SET next_attempt_at = n.due
+         FROM (SELECT (SELECT w.id FROM deliveries d
+                       JOIN deliveries w ON w.sink = d.sink AND w.finetune_id = d.finetune_id
+                       WHERE d.id = v.column1 AND w.status = 'pending'
+                       ORDER BY w.id LIMIT 1) AS id,
+                      v.column2 AS due
+               FROM {rows}) AS n
+         WHERE deliveries.id = n.id AND deliveries.next_attempt_at = ?1",
+        args![WAITING],
+        &ended,
     )?;
-    if updated == 1 && !matches!(r.next, NextStep::RetryAt(_)) {
-        // The head is done with: the next delivery of its job is due.
-        conn.execute(
-            "UPDATE deliveries SET next_attempt_at = ?1
-             WHERE next_attempt_at = ?3 AND id = (
-                SELECT w.id FROM deliveries d
-                JOIN deliveries w ON w.sink = d.sink AND w.finetune_id = d.finetune_id
-                WHERE d.id = ?2 AND w.status = 'pending' ORDER BY w.id LIMIT 1)",
-            args![r.finished_at, r.delivery_id, WAITING],
-        )?;
-    }
     Ok(())
 }
 
@@ -622,10 +668,11 @@ mod tests {
 
     #[derive(Debug, Clone)]
     enum Op {
-        /// A new transition of a job, forwarded to the sink.
-        Transition(usize),
-        /// An attempt on a job's due delivery, with its outcome.
-        Attempt(usize, Outcome),
+        /// New transitions of jobs, forwarded to the sink, written together.
+        Transitions(Vec<usize>),
+        /// Attempts on jobs' due deliveries, with their outcomes, recorded
+        /// together.
+        Attempts(Vec<(usize, Outcome)>),
         /// Sending a finished delivery again, by its rank among them.
         Retry(usize),
         /// Replaying every event to the sink, or one job's.
@@ -641,16 +688,78 @@ mod tests {
 
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
-            3 => (0..JOBS.len()).prop_map(Op::Transition),
-            4 => (0..JOBS.len(), prop_oneof![
+            3 => prop::collection::vec(0..JOBS.len(), 1..4).prop_map(Op::Transitions),
+            4 => prop::collection::vec((0..JOBS.len(), prop_oneof![
                 Just(Outcome::Delivered),
                 Just(Outcome::RetryLater),
                 Just(Outcome::Dead)
-            ])
-                .prop_map(|(job, outcome)| Op::Attempt(job, outcome)),
+            ]), 1..4)
+                .prop_map(Op::Attempts),
             1 => (0..50usize).prop_map(Op::Retry),
             1 => proptest::option::of(0..JOBS.len()).prop_map(Op::Replay),
         ]
+    }
+
+    /// SQLite running a statement over all its rows in one go, as
+    /// PostgreSQL does: no row sees what another one wrote.
+    struct AllAtOnce<'c>(&'c Connection);
+
+    impl AllAtOnce<'_> {
+        fn all_rows<'a>(
+            sql: &str,
+            args: &[Arg<'a>],
+            rows: &[Vec<Arg<'a>>],
+        ) -> (String, Vec<Arg<'a>>) {
+            let mut all = args.to_vec();
+            let mut values = Vec::new();
+            for row in rows {
+                let first = all.len();
+                all.extend(row.iter().cloned());
+                let places: Vec<String> =
+                    (first + 1..=all.len()).map(|n| format!("?{n}")).collect();
+                values.push(format!("({})", places.join(", ")));
+            }
+            (
+                sql.replace(
+                    super::super::sql::ROWS,
+                    &format!("(VALUES {}) AS v", values.join(", ")),
+                ),
+                all,
+            )
+        }
+    }
+
+    impl Conn for AllAtOnce<'_> {
+        fn execute(&self, sql: &str, args: &[Arg<'_>]) -> DbResult<u64> {
+            Conn::execute(self.0, sql, args)
+        }
+        fn query(&self, sql: &str, args: &[Arg<'_>]) -> DbResult<Vec<super::super::sql::Row>> {
+            Conn::query(self.0, sql, args)
+        }
+        fn execute_rows(
+            &self,
+            sql: &str,
+            args: &[Arg<'_>],
+            rows: &[Vec<Arg<'_>>],
+        ) -> DbResult<u64> {
+            if rows.is_empty() {
+                return Ok(0);
+            }
+            let (sql, all) = Self::all_rows(sql, args, rows);
+            Conn::execute(self.0, &sql, &all)
+        }
+        fn query_rows(
+            &self,
+            sql: &str,
+            args: &[Arg<'_>],
+            rows: &[Vec<Arg<'_>>],
+        ) -> DbResult<Vec<super::super::sql::Row>> {
+            if rows.is_empty() {
+                return Ok(Vec::new());
+            }
+            let (sql, all) = Self::all_rows(sql, args, rows);
+            Conn::query(self.0, &sql, &all)
+        }
     }
 
     fn database() -> Connection {
@@ -681,44 +790,60 @@ mod tests {
         .ok()
     }
 
-    fn apply(conn: &Connection, routes: &[SinkRoute], step: usize, op: &Op) {
+    /// Applies `op`; `writes` runs the store's writes (row by row, or all
+    /// at once).
+    fn apply(conn: &Connection, writes: &dyn Conn, routes: &[SinkRoute], step: usize, op: &Op) {
         match op {
-            Op::Transition(job) => {
-                let event_id = format!("tr_{step}");
-                conn.execute(
-                    "INSERT INTO events (event_id, type, finetune_id, status, source, observed_at, body)
-                     VALUES (?1, 'finetune.status_changed', ?2, ?3, 'webhook', ?4, '{}')",
-                    (&event_id, JOBS[*job], format!("S{step}"), NOW),
-                )
-                .expect("an event");
-                let delivery = NewDelivery {
-                    sink: "s".into(),
-                    event_id,
-                    finetune_id: JOBS[*job].into(),
-                };
-                insert_deliveries(conn, &[delivery], NOW).expect("inserted");
+            Op::Transitions(jobs) => {
+                let mut deliveries = Vec::new();
+                for (n, job) in jobs.iter().enumerate() {
+                    let event_id = format!("tr_{step}_{n}");
+                    conn.execute(
+                        "INSERT INTO events (event_id, type, finetune_id, status, source, observed_at, body)
+                         VALUES (?1, 'finetune.status_changed', ?2, ?3, 'webhook', ?4, '{}')",
+                        (&event_id, JOBS[*job], format!("S{step}_{n}"), NOW),
+                    )
+                    .expect("an event");
+                    deliveries.push(NewDelivery {
+                        sink: "s".into(),
+                        event_id,
+                        finetune_id: JOBS[*job].into(),
+                    });
+                }
+                insert_deliveries(writes, &deliveries, NOW).expect("inserted");
             }
-            Op::Attempt(job, outcome) => {
-                let Some(id) = due(conn, JOBS[*job]) else {
-                    return;
-                };
-                let next = match outcome {
-                    Outcome::Delivered => NextStep::Delivered,
-                    Outcome::RetryLater => NextStep::RetryAt("2026-01-01T00:00:05.000000Z".into()),
-                    Outcome::Dead => NextStep::Dead,
-                };
-                let record = AttemptRecord {
-                    delivery_id: id,
-                    started_at: NOW.into(),
-                    finished_at: NOW.into(),
-                    duration_ms: 1,
-                    status_code: Some(500),
-                    exit_code: None,
-                    error: None,
-                    response: None,
-                    next,
-                };
-                record_attempt(conn, &record).expect("recorded");
+            Op::Attempts(attempts) => {
+                let mut records = Vec::new();
+                for (job, outcome) in attempts {
+                    // One attempt in flight per delivery.
+                    let Some(id) = due(conn, JOBS[*job]) else {
+                        continue;
+                    };
+                    if records.iter().any(|r: &AttemptRecord| r.delivery_id == id) {
+                        continue;
+                    }
+                    let next = match outcome {
+                        Outcome::Delivered => NextStep::Delivered,
+                        Outcome::RetryLater => {
+                            NextStep::RetryAt("2026-01-01T00:00:05.000000Z".into())
+                        }
+                        Outcome::Dead => NextStep::Dead,
+                    };
+                    let record = AttemptRecord {
+                        delivery_id: id,
+                        started_at: NOW.into(),
+                        finished_at: NOW.into(),
+                        duration_ms: 1,
+                        status_code: Some(500),
+                        exit_code: None,
+                        error: None,
+                        response: None,
+                        next,
+                    };
+                    records.push(record);
+                }
+                let records: Vec<&AttemptRecord> = records.iter().collect();
+                record_attempts(writes, &records).expect("recorded");
             }
             Op::Retry(rank) => {
                 let finished: Vec<i64> = conn
@@ -726,7 +851,7 @@ mod tests {
                     .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
                     .expect("read");
                 if let Some(id) = finished.get(rank % finished.len().max(1)) {
-                    assert!(retry(conn, *id).expect("retried"));
+                    assert!(retry(writes, *id).expect("retried"));
                 }
             }
             Op::Replay(job) => {
@@ -737,18 +862,23 @@ mod tests {
                     until: WAITING.into(),
                     limit: 1000,
                 };
-                replay_chunk(conn, &chunk, routes).expect("replayed");
+                replay_chunk(writes, &chunk, routes).expect("replayed");
             }
         }
     }
 
     proptest! {
         #[test]
-        fn only_the_oldest_pending_delivery_of_a_job_is_ever_due(ops in prop::collection::vec(op(), 1..60)) {
+        fn only_the_oldest_pending_delivery_of_a_job_is_ever_due(
+            ops in prop::collection::vec(op(), 1..60),
+            at_once in any::<bool>(),
+        ) {
             let conn = database();
+            let all_at_once = AllAtOnce(&conn);
+            let writes: &dyn Conn = if at_once { &all_at_once } else { &conn };
             let routes = [SinkRoute { name: "s".into(), statuses: None, events: EventType::ALL.to_vec() }];
             for (step, op) in ops.iter().enumerate() {
-                apply(&conn, &routes, step, op);
+                apply(&conn, writes, &routes, step, op);
                 for job in JOBS {
                     let pending: Vec<(i64, String)> = conn
                         .prepare("SELECT id, next_attempt_at FROM deliveries

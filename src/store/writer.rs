@@ -6,12 +6,13 @@
 //! each request. One fsync covers the whole batch, so throughput grows with
 //! load while every answer still means "on disk". The statements run on this
 //! thread, prepared once and cached, with no hand-off per statement.
-//! Webhooks in a batch are stored together; when a constraint refuses that,
-//! they are stored one by one, each in its own savepoint, so only the one at
-//! fault is refused. Every other request runs in a savepoint of its own.
-//! Every other request is a typed command (`commands.rs`): the writer runs
-//! it without knowing its type and answers its caller with the command's own
-//! answer type.
+//! Webhooks in a batch are stored together, and so are the delivery
+//! attempts: a few statements for all of them, each over every row (one
+//! round trip each on PostgreSQL, see `Conn::execute_rows`). When a
+//! constraint refuses that, they are stored one by one, each in its own
+//! savepoint, so only the one at fault is refused. Every other request is
+//! a typed command (`commands.rs`): the writer runs it without knowing its
+//! type and answers its caller with the command's own answer type.
 //!
 //! The writer is the only way anything is stored, so its end is watched:
 //! [`WriterState`] says whether it runs, closed on request, or stopped for
@@ -23,7 +24,7 @@ use super::{
     StoreError,
     commands::Command,
     ingest::{self, IngestRequest, IngestResult},
-    outbox::SinkRoute,
+    outbox::{self, AttemptRecord, SinkRoute},
     sql::{Conn, DbError, DbErrorKind, DbResult, WriteConn},
 };
 use std::{panic::AssertUnwindSafe, sync::Arc};
@@ -39,6 +40,8 @@ enum Request {
         Box<IngestRequest>,
         oneshot::Sender<Result<IngestResult, StoreError>>,
     ),
+    /// A delivery attempt: recorded with the others of its batch.
+    Attempt(Box<AttemptRecord>, oneshot::Sender<Result<(), StoreError>>),
     /// Any other write (`commands.rs`), with its caller.
     Command(Box<dyn Queued>),
     /// Commit what came before, refuse what comes after, checkpoint and
@@ -50,6 +53,9 @@ impl Request {
     fn caller_gone(&self) -> bool {
         match self {
             Request::Webhook(_, reply) => reply.is_closed(),
+            // Recorded whether or not its worker still waits: the attempt
+            // was made.
+            Request::Attempt(..) => false,
             Request::Command(call) => call.caller_gone(),
             Request::Close => false,
         }
@@ -142,6 +148,17 @@ impl WriterHandle {
         let (reply, answer) = oneshot::channel();
         self.tx
             .send(Request::Webhook(Box::new(request), reply))
+            .await
+            .map_err(|_| closed())?;
+        answer.await.map_err(|_| closed())?
+    }
+
+    /// Records a delivery attempt in the writer's next batch; answers once
+    /// committed.
+    pub async fn record_attempt(&self, record: AttemptRecord) -> Result<(), StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(Request::Attempt(Box::new(record), reply))
             .await
             .map_err(|_| closed())?;
         answer.await.map_err(|_| closed())?
@@ -339,25 +356,37 @@ impl Writer {
         let mut commands = Vec::new();
         let mut webhooks = Vec::new();
         let mut replies = Vec::new();
+        let mut attempts = Vec::new();
+        let mut attempt_replies = Vec::new();
         for request in batch.drain(..) {
             match request {
                 Request::Webhook(request, reply) => {
                     webhooks.push(request);
                     replies.push(reply);
                 }
+                Request::Attempt(record, reply) => {
+                    attempts.push(record);
+                    attempt_replies.push(reply);
+                }
                 Request::Command(call) => commands.push(call),
                 Request::Close => {}
             }
         }
         let requests: Vec<&IngestRequest> = webhooks.iter().map(|r| r.as_ref()).collect();
+        let records: Vec<&AttemptRecord> = attempts.iter().map(|r| r.as_ref()).collect();
         let routes = Arc::clone(&self.routes);
-        let (commit, results) = match store_together(
+        let (commit, recorded, results) = match store_together(
             self.conn.as_mut(),
             &mut commands,
+            &records,
             &requests,
             &routes,
         ) {
-            Ok(results) => (Ok(()), results.into_iter().map(Ok).collect()),
+            Ok(results) => (
+                Ok(()),
+                records.iter().map(|_| Ok(())).collect(),
+                results.into_iter().map(Ok).collect(),
+            ),
             Err(e) if e.kind == DbErrorKind::Fatal => {
                 // Dropping the callers answers every one 503.
                 return Err(format!("the database can no longer be used: {e}"));
@@ -368,20 +397,31 @@ impl Writer {
                 // which never claims what was not stored.
                 tracing::error!(error = %e, requests = commands.len() + requests.len(), "the outcome of a commit is unknown; answering 503");
                 let cause = e.to_string();
-                let failed = requests
-                    .iter()
-                    .map(|_| Err(unavailable(cause.clone())))
-                    .collect();
-                (Err(cause), failed)
+                (
+                    Err(cause.clone()),
+                    failed(&records, &cause),
+                    failed(&requests, &cause),
+                )
             }
             Err(e) => {
-                tracing::warn!(error = %e, requests = commands.len() + requests.len(), "a batch failed as a whole; storing its requests apart");
-                store_apart(self.conn.as_mut(), &mut commands, &requests, &routes)
+                tracing::warn!(error = %e, requests = commands.len() + records.len() + requests.len(), "a batch failed as a whole; storing its requests apart");
+                store_apart(
+                    self.conn.as_mut(),
+                    &mut commands,
+                    &records,
+                    &requests,
+                    &routes,
+                )
             }
         };
         let mut deliveries_due = false;
         for call in commands {
             deliveries_due |= call.answer(&commit);
+        }
+        for (reply, result) in attempt_replies.into_iter().zip(recorded) {
+            // A head done with may have made the next delivery due.
+            deliveries_due |= result.is_ok();
+            let _ = reply.send(result);
         }
         for (reply, result) in replies.into_iter().zip(results) {
             deliveries_due |= result.as_ref().is_ok_and(|r| r.deliveries > 0);
@@ -395,12 +435,22 @@ impl Writer {
     }
 }
 
+/// Every request answered with the same failure.
+fn failed<T, R>(requests: &[T], cause: &str) -> Vec<Result<R, StoreError>> {
+    requests
+        .iter()
+        .map(|_| Err(unavailable(cause.to_owned())))
+        .collect()
+}
+
 /// The fast path: every request in one transaction without savepoints
-/// (the commands in turn, then the webhooks together), committed. Any
-/// error rolls the whole batch back, for `store_apart` to redo.
+/// (the commands in turn, then the attempts together, then the webhooks
+/// together), committed. Any error rolls the whole batch back, for
+/// `store_apart` to redo.
 fn store_together(
     conn: &mut dyn WriteConn,
     commands: &mut [Box<dyn Queued>],
+    attempts: &[&AttemptRecord],
     webhooks: &[&IngestRequest],
     routes: &[SinkRoute],
 ) -> DbResult<Vec<IngestResult>> {
@@ -408,6 +458,9 @@ fn store_together(
     let stored = (|| {
         for command in commands.iter_mut() {
             command.run(conn.as_conn(), routes)?;
+        }
+        if !attempts.is_empty() {
+            outbox::record_attempts(conn.as_conn(), attempts)?;
         }
         if webhooks.is_empty() {
             Ok(Vec::new())
@@ -425,73 +478,91 @@ fn store_together(
 }
 
 /// The careful path: each command in a savepoint of its own, then the
-/// webhooks together (one by one if a constraint refuses them), so only
-/// the requests at fault fail; then one commit, whose outcome every
-/// answer follows.
+/// attempts together and the webhooks together (one by one if a constraint
+/// refuses them), so only the requests at fault fail; then one commit,
+/// whose outcome every answer follows.
 fn store_apart(
     conn: &mut dyn WriteConn,
     commands: &mut [Box<dyn Queued>],
+    attempts: &[&AttemptRecord],
     webhooks: &[&IngestRequest],
     routes: &[SinkRoute],
-) -> (Result<(), String>, Vec<Result<IngestResult, StoreError>>) {
+) -> Apart {
     if let Err(e) = conn.begin() {
         tracing::error!(error = %e, "cannot begin a write transaction; answering 503");
         let cause = e.to_string();
-        let failed = webhooks
-            .iter()
-            .map(|_| Err(unavailable(cause.clone())))
-            .collect();
-        return (Err(cause), failed);
+        return (
+            Err(cause.clone()),
+            failed(attempts, &cause),
+            failed(webhooks, &cause),
+        );
     }
     for command in commands.iter_mut() {
         if let Err(failure) = in_savepoint(conn, |conn| command.run(conn, routes)) {
             command.fail(failure.into());
         }
     }
-    let results = store_webhooks(conn, webhooks, routes);
+    let recorded = together_or_one_by_one(conn, attempts, |conn, records| {
+        outbox::record_attempts(conn, records).map(|()| vec![(); records.len()])
+    });
+    let results = together_or_one_by_one(conn, webhooks, |conn, requests| {
+        ingest::execute_batch(conn, requests, routes)
+    });
     match conn.commit() {
-        Ok(()) => (Ok(()), results),
+        Ok(()) => (Ok(()), recorded, results),
         Err(e) => {
             conn.rollback();
-            tracing::error!(error = %e, requests = commands.len() + webhooks.len(), "commit failed; answering 503");
+            tracing::error!(error = %e, requests = commands.len() + attempts.len() + webhooks.len(), "commit failed; answering 503");
             let cause = e.to_string();
-            let failed = webhooks
-                .iter()
-                .map(|_| Err(unavailable(cause.clone())))
-                .collect();
-            (Err(cause), failed)
+            (
+                Err(cause.clone()),
+                failed(attempts, &cause),
+                failed(webhooks, &cause),
+            )
         }
     }
 }
 
-/// Stores a batch of webhooks together, or one by one when a constraint
-/// refuses the batch.
-fn store_webhooks(
+/// What a batch's commit did, and the answers of its attempts and webhooks.
+type Apart = (
+    Result<(), String>,
+    Vec<Result<(), StoreError>>,
+    Vec<Result<IngestResult, StoreError>>,
+);
+
+/// Stores `items` together with `store` (one answer per item), or one by
+/// one when a constraint refuses them together, so only those at fault
+/// fail.
+fn together_or_one_by_one<T, R>(
     conn: &mut dyn WriteConn,
-    requests: &[&IngestRequest],
-    routes: &[SinkRoute],
-) -> Vec<Result<IngestResult, StoreError>> {
-    if requests.is_empty() {
+    items: &[T],
+    store: impl Fn(&dyn Conn, &[T]) -> DbResult<Vec<R>>,
+) -> Vec<Result<R, StoreError>>
+where
+    T: Copy,
+{
+    if items.is_empty() {
         return Vec::new();
     }
-    match in_savepoint(conn, |conn| ingest::execute_batch(conn, requests, routes)) {
+    match in_savepoint(conn, |conn| store(conn, items)) {
         Ok(results) => results.into_iter().map(Ok).collect(),
         Err(Failure::Refused(e)) => {
             tracing::warn!(error = %e, "the schema refused a batch; storing its requests one by one");
-            requests
+            items
                 .iter()
-                .map(|request| {
-                    in_savepoint(conn, |conn| ingest::execute_one(conn, request, routes))
-                        .map_err(StoreError::from)
+                .map(|item| {
+                    in_savepoint(conn, |conn| {
+                        store(conn, std::slice::from_ref(item))?
+                            .pop()
+                            .ok_or_else(|| DbError::unavailable("a batch of one answered nothing"))
+                    })
+                    .map_err(StoreError::from)
                 })
                 .collect()
         }
         Err(e) => {
             let e: StoreError = e.into();
-            requests
-                .iter()
-                .map(|_| Err(unavailable(e.to_string())))
-                .collect()
+            failed(items, &e.to_string())
         }
     }
 }

@@ -9,7 +9,8 @@
 //! itself once the server is back.
 
 use crate::store::sql::{
-    Arg, Conn, DbError, DbErrorKind, DbResult, Row, Value, WriteConn, numbered, pg_args,
+    Arg, Conn, DbError, DbErrorKind, DbResult, ROWS, Row, Value, WriteConn, numbered, pg_args,
+    pg_array_args, unnest_table,
 };
 use sqlx::{
     Column, ConnectOptions, Connection, Row as _, TypeInfo,
@@ -22,6 +23,9 @@ use std::{cell::RefCell, time::Duration};
 /// with SQLite, so that a command run beside the service (`tunehook
 /// prune`, `tokens --rotate`) takes turns with it.
 pub const WRITE_LOCK: i64 = 0x7475_6e65_686f_6f6b;
+
+/// Begins a write transaction and takes [`WRITE_LOCK`].
+const BEGIN: &str = "BEGIN; SELECT pg_advisory_xact_lock(8391734862497673067)";
 
 /// How long opening the writer's connection again may take before the
 /// batch waiting for it is answered 503.
@@ -102,6 +106,23 @@ impl PgWriter {
             }
         }
     }
+
+    /// Runs a query; answers every row.
+    fn fetch(&self, sql: String, args: sqlx::postgres::PgArguments) -> DbResult<Vec<Row>> {
+        self.on_conn(|conn| {
+            Box::pin(async move {
+                let rows = sqlx::query_with(&sql, args).fetch_all(conn).await?;
+                rows.iter()
+                    .map(|row| {
+                        (0..row.columns().len())
+                            .map(|i| value(row, i))
+                            .collect::<Result<Vec<_>, _>>()
+                            .map(Row)
+                    })
+                    .collect()
+            })
+        })
+    }
 }
 
 /// Whether the connection can no longer be used.
@@ -170,19 +191,33 @@ impl Conn for PgWriter {
     fn query(&self, sql: &str, args: &[Arg<'_>]) -> DbResult<Vec<Row>> {
         let sql = numbered(sql);
         let args = pg_args(args).map_err(error)?;
+        self.fetch(sql, args)
+    }
+
+    /// One statement for every row: the rows go as one array per column.
+    fn execute_rows(&self, sql: &str, args: &[Arg<'_>], rows: &[Vec<Arg<'_>>]) -> DbResult<u64> {
+        let Some(width) = rows.first().map(Vec::len) else {
+            return Ok(0);
+        };
+        let sql = numbered(&sql.replace(ROWS, &unnest_table(args.len(), width)));
+        let args = pg_array_args(args, rows).map_err(error)?;
         self.on_conn(|conn| {
             Box::pin(async move {
-                let rows = sqlx::query_with(&sql, args).fetch_all(conn).await?;
-                rows.iter()
-                    .map(|row| {
-                        (0..row.columns().len())
-                            .map(|i| value(row, i))
-                            .collect::<Result<Vec<_>, _>>()
-                            .map(Row)
-                    })
-                    .collect()
+                Ok(sqlx::query_with(&sql, args)
+                    .execute(conn)
+                    .await?
+                    .rows_affected())
             })
         })
+    }
+
+    fn query_rows(&self, sql: &str, args: &[Arg<'_>], rows: &[Vec<Arg<'_>>]) -> DbResult<Vec<Row>> {
+        let Some(width) = rows.first().map(Vec::len) else {
+            return Ok(Vec::new());
+        };
+        let sql = numbered(&sql.replace(ROWS, &unnest_table(args.len(), width)));
+        let args = pg_array_args(args, rows).map_err(error)?;
+        self.fetch(sql, args)
     }
 }
 
@@ -193,12 +228,17 @@ impl WriteConn for PgWriter {
 
     fn begin(&mut self) -> DbResult<()> {
         self.connect()?;
-        self.execute("BEGIN", &[])?;
+        // Both in one round trip; a lock that fails leaves the transaction
+        // open (and aborted) for the rollback below.
+        let begun = self.on_conn(|conn| {
+            Box::pin(async move {
+                // Text without arguments goes as a simple query, which
+                // may hold two statements.
+                sqlx::Executor::execute(conn, BEGIN).await.map(drop)
+            })
+        });
         self.open = true;
-        if let Err(e) = self.execute(
-            "SELECT pg_advisory_xact_lock(?1)",
-            &[Arg::Int(Some(WRITE_LOCK))],
-        ) {
+        if let Err(e) = begun {
             self.rollback();
             return Err(e);
         }
@@ -239,5 +279,13 @@ impl WriteConn for PgWriter {
                 tracing::debug!(error = %e, "closing the writer's connection failed");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_transaction_takes_the_write_lock() {
+        assert!(super::BEGIN.ends_with(&format!("({})", super::WRITE_LOCK)));
     }
 }
